@@ -1,0 +1,1 @@
+"""The tfvae command line (installed as the ``tfvae_cli`` package)."""

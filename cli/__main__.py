@@ -1,0 +1,3 @@
+from tfvae_cli.main import main
+
+main()

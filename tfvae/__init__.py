@@ -1,0 +1,53 @@
+"""tfvae: variational autoencoders on TensorFlow Probability, made practical.
+
+``import tfvae`` is light: TensorFlow is imported the first time a model,
+``evaluate``, ``train`` or ``keras`` is used, so the CLI's ``--help`` is fast.
+
+Example:
+  >>> import tfvae
+  >>> model = tfvae.GaussianVAE(input_dim=784, latent_dim=20)
+  >>> model.compile(optimizer=tfvae.keras.optimizers.Adam(1e-3))
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# name -> (module, attribute); resolved on first access (PEP 562).
+_LAZY = {
+    "keras": ("tfvae._keras", "keras"),
+    "GaussianVAE": ("tfvae.models.gaussian", "GaussianVAE"),
+    "BernoulliVAE": ("tfvae.models.bernoulli", "BernoulliVAE"),
+    "Autoencoder": ("tfvae.models.autoencoder", "Autoencoder"),
+    "GMMSampler": ("tfvae.gmm", "GMMSampler"),
+    "evaluate": ("tfvae.evaluation", "evaluate"),
+    "train": ("tfvae.training", "train"),
+    "build_model": ("tfvae.runs", "build_model"),
+    "load_run": ("tfvae.runs", "load_run"),
+    "Run": ("tfvae.runs", "Run"),
+    "load_dataset": ("tfvae.data", "load_dataset"),
+    "prepare": ("tfvae.data", "prepare"),
+    "Config": ("tfvae.config", "Config"),
+    "TfvaeError": ("tfvae.errors", "TfvaeError"),
+    "DataError": ("tfvae.errors", "DataError"),
+    "ConfigError": ("tfvae.errors", "ConfigError"),
+    "RunDirError": ("tfvae.errors", "RunDirError"),
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name):
+    try:
+        module_name, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'tfvae' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module_name), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

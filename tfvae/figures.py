@@ -1,0 +1,115 @@
+"""PNG figures of a run: reconstructions, samples, curves and latent plots.
+
+matplotlib is imported only here, and only its object-oriented API with the
+Agg canvas is used, so no global backend is switched and nothing needs a
+screen.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def tile(images: np.ndarray, image_shape, columns: int | None = None) -> np.ndarray:
+    """Arranges ``[n, H*W]`` images into one ``[rows*H, columns*W]`` array."""
+    images = np.asarray(images, dtype=np.float32)
+    height, width = image_shape
+    n = len(images)
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    grid = np.ones((rows * height, columns * width), dtype=np.float32)
+    for i, image in enumerate(images.reshape(n, height, width)):
+        r, c = divmod(i, columns)
+        grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = image
+    return grid
+
+
+def save_grid(path, images, image_shape, title: str | None = None, columns: int | None = None):
+    """Saves images as one grayscale grid PNG (values clipped to [0, 1])."""
+    grid = np.clip(tile(images, image_shape, columns), 0.0, 1.0)
+    scale = 4.0 / max(grid.shape)
+    fig = _figure(max(2.0, grid.shape[1] * scale * 1.5), max(2.0, grid.shape[0] * scale * 1.5))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(str(path))
+    return Path(path)
+
+
+def save_reconstructions(path, originals, reconstructions, image_shape, n: int = 10):
+    """Two rows: data on top, reconstructions below."""
+    n = min(n, len(originals))
+    images = np.concatenate([originals[:n], reconstructions[:n]])
+    return save_grid(path, images, image_shape, "data (top) and reconstructions", columns=n)
+
+
+def save_curves(path, history: list[dict]):
+    """Training (and validation) loss and ELBO terms per epoch."""
+    fig = _figure(9, 3)
+    epochs = [h["epoch"] for h in history]
+    for i, name in enumerate(("loss", "reconstruction", "kl")):
+        ax = fig.add_subplot(1, 3, i + 1)
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = [h.get(prefix + name) for h in history]
+            if all(v is not None for v in values) and values:
+                ax.plot(epochs, values, style, label=(prefix or "train_").rstrip("_"))
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(str(path))
+    return Path(path)
+
+
+def save_manifold(path, decode_mean, image_shape, quantiles, n: int = 15):
+    """The 2-D latent manifold: decoded grid of codes at the prior's quantiles.
+
+    Args:
+      decode_mean: function ``[m, 2] codes -> [m, D] means``.
+      quantiles: function mapping probabilities in (0, 1) to prior coordinates.
+    """
+    grid = quantiles(np.linspace(0.05, 0.95, n))
+    codes = np.array([[a, b] for b in grid[::-1] for a in grid], dtype=np.float32)
+    return save_grid(path, decode_mean(codes), image_shape, "latent manifold", columns=n)
+
+
+def save_latent_scatter(path, codes, labels=None, title="test codes", ellipses=None):
+    """Scatter of 2-D codes, coloured by label or component, with optional ellipses.
+
+    Args:
+      codes: ``[n, 2]`` array.
+      labels: ``[n]`` ints or None.
+      ellipses: optional list of ``(mean [2], covariance [2, 2])`` drawn at 2 sigma.
+    """
+    from matplotlib.patches import Ellipse
+
+    fig = _figure(6, 5)
+    ax = fig.add_subplot(1, 1, 1)
+    scatter = ax.scatter(codes[:, 0], codes[:, 1], c=labels, s=4, cmap="tab10", alpha=0.7)
+    if labels is not None:
+        fig.colorbar(scatter, ax=ax)
+    for mean, cov in ellipses or []:
+        values, vectors = np.linalg.eigh(cov)
+        angle = np.degrees(np.arctan2(vectors[1, -1], vectors[0, -1]))
+        width, height = 4.0 * np.sqrt(np.maximum(values[::-1], 0.0))
+        ax.add_patch(Ellipse(mean, width, height, angle=angle, fill=False, color="black", lw=1))
+    ax.set_title(title)
+    ax.set_xlabel("z[0]")
+    ax.set_ylabel("z[1]")
+    fig.tight_layout()
+    fig.savefig(str(path))
+    return Path(path)

@@ -1,0 +1,1 @@
+"""tfvae's models, one module per family."""

@@ -1,0 +1,292 @@
+"""Shared machinery of tfvae's latent-variable models.
+
+A model composes an encoder ``q(z|x)``, a decoder ``p(x|z)`` and a prior
+``p(z)`` (see :mod:`tfvae.networks`) with an objective (see
+:mod:`tfvae.objectives`). This base class owns what every model needs for
+``compile`` + ``fit`` + ``evaluate`` in user code: metric trackers exposed
+through ``metrics``, ``train_step``/``test_step`` returning named scalars (the
+keras.io VAE pattern), sampling and reconstruction helpers, and the hooks that
+:func:`tfvae.evaluate` uses to compare models on the same quantities.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfvae import networks, objectives
+from tfvae._keras import keras, tf
+
+# Metrics every model reports, in nats per example.
+BASE_METRICS = ("loss", "elbo", "reconstruction", "kl")
+
+
+def stateless_seed(seed, salt: int = 0):
+    """A TFP stateless seed (shape [2] int32 tensor) from an int, or None."""
+    if seed is None:
+        return None
+    return tf.constant([int(seed), int(salt)], dtype=tf.int32)
+
+
+class LatentVariableModel(keras.Model):
+    """Base class: a VAE-like model with ``encode``, ``decode`` and ``prior``.
+
+    Subclasses set ``model_type``, build ``self.encoder`` / ``self.decoder``
+    and implement ``prior``, ``posterior_mean``, ``kl_per_dim`` and, when
+    training differs from the plain reparameterized ELBO, ``objective``.
+
+    Args:
+      input_dim: flat data size D (784 for 28x28 images).
+      image_shape: ``(H, W)`` with ``H * W == input_dim``; for figures and conv.
+      latent_dim: size of the latent code.
+      hidden: encoder hidden layer sizes.
+      decoder_hidden: decoder hidden sizes; ``None`` mirrors the encoder, ``()``
+        gives a linear decoder.
+      likelihood: observation model, ``"bernoulli"`` (binary data, logits) or
+        ``"gaussian"`` (real-valued data, learned per-pixel scale).
+      arch: ``"mlp"`` or ``"conv"``.
+      min_scale: floor of the Gaussian observation scale.
+    """
+
+    model_type = "base"
+    extra_metrics: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        input_dim: int = 784,
+        image_shape=None,
+        latent_dim: int = 20,
+        hidden=(400,),
+        decoder_hidden=None,
+        likelihood: str = "bernoulli",
+        arch: str = "mlp",
+        min_scale: float = 1e-3,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        from tfvae.config import parse_sizes  # validated once, at the boundary
+
+        self.input_dim = int(input_dim)
+        if image_shape is None:
+            side = int(round(self.input_dim**0.5))
+            image_shape = (side, side) if side * side == self.input_dim else (1, self.input_dim)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        if int(np.prod(self.image_shape)) != self.input_dim:
+            raise ValueError(
+                f"image_shape {self.image_shape} does not match input_dim {self.input_dim}"
+            )
+        if int(latent_dim) <= 0:
+            raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
+        self.latent_dim = int(latent_dim)
+        self.hidden = parse_sizes(hidden, "hidden")
+        self.decoder_hidden = None if decoder_hidden is None else parse_sizes(
+            decoder_hidden, "decoder_hidden"
+        )
+        if likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"unknown likelihood {likelihood!r}; choose bernoulli or gaussian")
+        self.likelihood = likelihood
+        self.arch = arch
+        self.min_scale = float(min_scale)
+        # KL weight for warm-up (Bowman et al. 2016); 1 gives the ELBO. Kept in a
+        # non-trainable variable so a callback can change it without retracing.
+        self.kl_weight = tf.Variable(1.0, trainable=False, name="kl_weight")
+        self._trackers = {
+            name: keras.metrics.Mean(name=name) for name in BASE_METRICS + self.extra_metrics
+        }
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def decoder_sizes(self) -> tuple[int, ...]:
+        if self.decoder_hidden is not None:
+            return tuple(self.decoder_hidden)
+        return tuple(reversed(self.hidden))
+
+    def _build_decoder(self):
+        return networks.build_decoder(
+            self.latent_dim,
+            self.decoder_sizes,
+            networks.observation_head(self.likelihood, self.input_dim, self.min_scale),
+            arch=self.arch,
+            image_shape=self.image_shape,
+        )
+
+    def prior(self):
+        """The prior ``p(z)``: a distribution with event shape ``[latent]``."""
+        raise NotImplementedError
+
+    def encode(self, x, training=None):
+        """``q(z|x)`` for a batch ``x`` of shape ``[batch, D]``."""
+        return self.encoder(x, training=training)
+
+    def decode(self, z, training=None):
+        """``p(x|z)`` for codes of shape ``[..., latent]``; batch shape ``z.shape[:-1]``.
+
+        Leading sample dimensions are folded into the batch so the same
+        decoder (conv included) serves IWAE's ``[k, batch, latent]`` codes.
+        """
+        z = tf.convert_to_tensor(z)
+        if z.shape.rank == 2:
+            return self.decoder(z, training=training)
+        flat = tf.reshape(z, [-1, self.latent_dim])
+        return self.decoder(flat, training=training)
+
+    def log_likelihood(self, z, x, training=None):
+        """``log p(x|z)`` for codes ``[..., batch, latent]``, shape ``[..., batch]``."""
+        z = tf.convert_to_tensor(z)
+        lead = tf.shape(z)[:-1]
+        p = self.decode(z, training=training)
+        if z.shape.rank == 2:
+            return p.log_prob(x)
+        x_rep = tf.broadcast_to(x, tf.concat([lead, [self.input_dim]], axis=0))
+        return tf.reshape(p.log_prob(tf.reshape(x_rep, [-1, self.input_dim])), lead)
+
+    # ------------------------------------------------------- evaluation hooks
+    def elbo_terms(self, x, seed=None, training=None):
+        """Single-sample ELBO terms per example: ``reconstruction`` (-log p(x|z)), ``kl``."""
+        q = self.encode(x, training=training)
+        z = q.sample(seed=seed)
+        reconstruction = -self.log_likelihood(z, x, training=training)
+        kl = objectives.rate(q, self.prior())
+        return {"reconstruction": reconstruction, "kl": kl, "z": z, "q": q}
+
+    def log_weights(self, x, k, seed=None):
+        """Importance log-weights ``log p(x, z_i) - log q(z_i|x)``, shape ``[k, batch]``."""
+        q = self.encode(x)
+        z = q.sample(k, seed=seed)  # [k, batch, latent]
+        return self.log_likelihood(z, x) + self.prior().log_prob(z) - q.log_prob(z)
+
+    def posterior_mean(self, x):
+        """``E_q[z]``, shape ``[batch, latent]`` (for active units)."""
+        return self.encode(x).mean()
+
+    def kl_per_dim(self, x):
+        """Analytic KL per latent dimension, shape ``[batch, latent]``."""
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- training
+    def objective(self, x, training=True):
+        """The training loss and the metrics of one batch.
+
+        Returns:
+          ``(loss, metrics)``: a scalar to minimise and a dict of ``[batch]``
+          tensors (or scalars) named as in ``metrics_names``.
+        """
+        terms = self.elbo_terms(x, training=training)
+        loss = tf.reduce_mean(terms["reconstruction"] + self.kl_weight * terms["kl"])
+        return loss, {"reconstruction": terms["reconstruction"], "kl": terms["kl"]}
+
+    @property
+    def metrics(self):
+        # Listing the trackers here lets fit/evaluate reset them every epoch.
+        return list(self._trackers.values())
+
+    def _update_metrics(self, loss, values):
+        self._trackers["loss"].update_state(loss)
+        self._trackers["elbo"].update_state(-(values["reconstruction"] + values["kl"]))
+        for name, value in values.items():
+            if name in self._trackers:
+                self._trackers[name].update_state(value)
+        return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    @staticmethod
+    def _unpack(data):
+        # fit() may hand us x, (x,), (x, y) or (x, y, w); labels are ignored.
+        if isinstance(data, (tuple, list)):
+            return data[0]
+        return data
+
+    def train_step(self, data):
+        x = self._unpack(data)
+        with tf.GradientTape() as tape:
+            loss, values = self.objective(x, training=True)
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return self._update_metrics(loss, values)
+
+    def test_step(self, data):
+        x = self._unpack(data)
+        terms = self.elbo_terms(x, training=False)
+        values = {"reconstruction": terms["reconstruction"], "kl": terms["kl"]}
+        loss = tf.reduce_mean(terms["reconstruction"] + terms["kl"])
+        return self._update_metrics(loss, values)
+
+    def call(self, x, training=None):
+        """Reconstruction means at a posterior sample, ``[batch, D]``."""
+        q = self.encode(x, training=training)
+        return self.decode(q.sample(), training=training).mean()
+
+    # ------------------------------------------------------------ generation
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """Draws ``n`` codes from the prior and returns decoder means ``[n, D]``.
+
+        The means are pixel probabilities for a Bernoulli likelihood and pixel
+        means for a Gaussian one. The same ``seed`` gives the same images.
+        """
+        if int(n) <= 0:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        z = self.prior().sample(int(n), seed=stateless_seed(seed, 1))
+        return self.decode(z).mean().numpy()
+
+    def reconstruct(self, x) -> np.ndarray:
+        """Decoder means at the posterior mean code, ``[batch, D]``."""
+        x = tf.convert_to_tensor(np.asarray(x, dtype=np.float32).reshape(-1, self.input_dim))
+        return self.decode(self.posterior_code(x)).mean().numpy()
+
+    def posterior_code(self, x):
+        """A representative code for ``x``: the posterior mean (or mode for binary codes)."""
+        return self.posterior_mean(x)
+
+    def decode_mean(self, z):
+        """Decoder means for codes ``[batch, latent]`` (probabilities or pixel means)."""
+        return self.decode(z).mean()
+
+    def decode_mean_numpy(self, z) -> np.ndarray:
+        """:meth:`decode_mean` on a numpy array of codes, returning numpy."""
+        return self.decode_mean(tf.convert_to_tensor(np.asarray(z, np.float32))).numpy()
+
+    def latent_quantiles(self):
+        """Maps probabilities to prior coordinates for the 2-D manifold figure, or None."""
+        return None
+
+    def extra_figures(self, folder, splits) -> list:
+        """Model-specific figures written after training; returns their paths."""
+        return []
+
+    # ------------------------------------------------------ run integration
+    @classmethod
+    def config_kwargs(cls, config) -> dict:
+        """Constructor keyword arguments from a :class:`tfvae.config.Config`."""
+        return config.model_kwargs()
+
+    def post_fit(self, x_train, seed: int = 0) -> None:
+        """Called by :func:`tfvae.train` after ``fit`` (the AE fits its mixture here)."""
+
+    def save_extras(self, run_dir) -> None:
+        """Saves state that is not a Keras weight (none for VAEs)."""
+
+    def load_extras(self, run_dir) -> None:
+        """Loads what :meth:`save_extras` wrote."""
+
+    # --------------------------------------------------------- serialization
+    def get_config(self):
+        return {
+            "input_dim": self.input_dim,
+            "image_shape": list(self.image_shape),
+            "latent_dim": self.latent_dim,
+            "hidden": list(self.hidden),
+            "decoder_hidden": None if self.decoder_hidden is None else list(self.decoder_hidden),
+            "likelihood": self.likelihood,
+            "arch": self.arch,
+            "min_scale": self.min_scale,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
+
+    def _finish_build(self):
+        # Create every weight now, so save/load and weight counts work before
+        # the first batch.
+        x = tf.zeros([1, self.input_dim])
+        self.elbo_terms(x)
+        self.built = True

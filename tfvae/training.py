@@ -1,0 +1,338 @@
+"""Training runs: data, model, ``fit`` with callbacks, checkpoints, figures.
+
+:func:`train` is what ``tfvae train`` calls; everything it does is also
+available piece by piece (``tfvae.data``, the model classes, ``fit``,
+:func:`tfvae.evaluate`) for users who write their own loop.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tfvae import runs
+from tfvae.config import Config
+from tfvae.errors import ConfigError, RunDirError, TfvaeError
+
+
+class TrainingError(TfvaeError):
+    """Training stopped (non-finite loss); the last good checkpoint is kept."""
+
+
+def default_out(config: Config, root: str | Path = "runs") -> Path:
+    """A new run directory name under ``root``: ``runs/20261127-101500-gaussian``."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{stamp}-{config.model}"
+    path, i = base, 1
+    while path.exists():
+        path = base.with_name(f"{base.name}-{i}")
+        i += 1
+    return path
+
+
+def _prepare_out(out) -> Path:
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise RunDirError(f"--out {out} exists and is not a directory; choose another --out")
+        if any(out.iterdir()):
+            what = "a tfvae run" if (out / runs.CONFIG).exists() else "files"
+            raise RunDirError(
+                f"--out {out} already holds {what}; tfvae never overwrites a run: "
+                "choose a new --out (or leave it out for a fresh folder under runs/)"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / runs.CHECKPOINTS).mkdir(exist_ok=True)
+    (out / runs.FIGURES).mkdir(exist_ok=True)
+    return out
+
+
+def resolve_likelihood(config: Config, dataset) -> str:
+    """``bernoulli`` for pixel data, ``gaussian`` for real-valued data (digits, floats)."""
+    if config.likelihood is not None:
+        return config.likelihood
+    if dataset.levels in (2, 256):
+        return "bernoulli"
+    return "gaussian"
+
+
+def load_data(config: Config):
+    """Loads and prepares the data a Config names; fills in its data fields.
+
+    Returns:
+      ``(dataset, splits)`` from :mod:`tfvae.data`.
+    """
+    from tfvae import data
+
+    dataset = data.load_dataset(config.dataset, config.data_dir, config.tfds_data_dir)
+    config.likelihood = resolve_likelihood(config, dataset)
+    splits = data.prepare(
+        dataset,
+        likelihood=config.likelihood,
+        binarize=config.binarize,
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+    )
+    config.binarize = splits.train_mode if splits.train_mode in data.BINARIZE_MODES else "none"
+    config.input_dim = int(dataset.dim)
+    config.image_shape = tuple(int(s) for s in dataset.image_shape)
+    if config.batch_size > len(splits.train):
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is larger than the {len(splits.train)} "
+            f"training examples; use --batch-size <= {len(splits.train)}"
+        )
+    return dataset, splits
+
+
+def _callbacks(model, config: Config, out: Path, has_val: bool):
+    from tfvae._keras import keras, tf
+
+    monitor = "val_loss" if has_val else "loss"
+
+    class KLWarmup(keras.callbacks.Callback):
+        """Linear KL warm-up over ``epochs`` epochs (Bowman et al. 2016)."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            weight = min(1.0, (epoch + 1) / config.kl_warmup) if config.kl_warmup else 1.0
+            model.kl_weight.assign(weight)
+
+    class RunRecorder(keras.callbacks.Callback):
+        """Per-epoch metrics (CSV + JSON), last/best checkpoints, non-finite guard."""
+
+        def __init__(self):
+            super().__init__()
+            self.history: list[dict] = []
+            self.best = math.inf
+            self.best_epoch = None
+            self.bad = None
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                self.bad = (self.epoch, batch)
+                self.model.stop_training = True
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+            self.t0 = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            if self.bad is not None or not all(math.isfinite(v) for v in logs.values()):
+                if self.bad is None:
+                    self.bad = (epoch, None)
+                self.model.stop_training = True
+                return  # keep the last good checkpoint
+            row = {"epoch": epoch + 1, "seconds": time.perf_counter() - self.t0, **logs}
+            self.history.append(row)
+            runs.atomic_save_weights(self.model, out / runs.CHECKPOINTS / runs.LAST)
+            if logs.get(monitor, math.inf) < self.best:
+                self.best = logs[monitor]
+                self.best_epoch = epoch + 1
+                runs.atomic_save_weights(self.model, out / runs.CHECKPOINTS / runs.BEST)
+            runs.atomic_write_json(out / runs.METRICS_JSON, self.history)
+            columns = list(self.history[0])
+            lines = [",".join(columns)] + [
+                ",".join(repr(h.get(c, "")) for c in columns) for h in self.history
+            ]
+            runs.atomic_write_text(out / runs.METRICS_CSV, "\n".join(lines) + "\n")
+            _write_status(out, config, "training", self.history, self.best_epoch, monitor)
+
+    recorder = RunRecorder()
+    tensorboard = keras.callbacks.TensorBoard(
+        log_dir=str(out / runs.TENSORBOARD), profile_batch=0, write_graph=False
+    )
+    del tf
+    return recorder, [KLWarmup(), recorder, tensorboard]
+
+
+def _versions() -> dict:
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+    import tf_keras
+
+    import tfvae
+
+    return {
+        "tfvae": tfvae.__version__,
+        "tensorflow": tf.__version__,
+        "tensorflow_probability": tfp.__version__,
+        "tf_keras": tf_keras.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _write_status(out, config, status, history, best_epoch, monitor, **extra):
+    runs.atomic_write_json(
+        out / runs.STATUS,
+        {
+            "status": status,
+            "model": config.model,
+            "epochs_completed": len(history),
+            "epochs_planned": config.epochs,
+            "best_epoch": best_epoch,
+            "monitor": monitor,
+            "versions": _versions(),
+            **extra,
+        },
+    )
+
+
+def compile_model(model, config: Config):
+    """Compiles with Adam and XLA (the fast path is the default)."""
+    from tfvae._keras import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(config.lr), jit_compile=True)
+    return model
+
+
+def train(
+    config: Config | None = None,
+    out: str | Path | None = None,
+    verbose: int = 2,
+    callbacks=None,
+    figures: bool = True,
+    **overrides,
+):
+    """Trains a model as a Config says and writes a run directory.
+
+    Args:
+      config: a :class:`tfvae.Config`; keyword ``overrides`` set its fields
+        (``tfvae.train(latent_dim=2, epochs=5)``).
+      out: run directory to create (must not hold files); default a new folder
+        under ``runs/``.
+      verbose: Keras ``fit`` verbosity (1 progress bar, 2 one line per epoch, 0 none).
+      callbacks: extra ``tfvae.keras`` callbacks.
+      figures: write PNG figures after training.
+
+    Returns:
+      A :class:`tfvae.runs.Run` for the best checkpoint, with the test-split
+      evaluation in ``run.evaluation``.
+    """
+    import dataclasses
+
+    from tfvae import data as data_lib
+    from tfvae._keras import keras
+
+    config = dataclasses.replace(config or Config(), **overrides)
+    dataset, splits = load_data(config)
+    out = _prepare_out(out if out is not None else default_out(config))
+    runs.atomic_write_text(out / runs.CONFIG, config.to_json() + "\n")
+
+    keras.utils.set_random_seed(config.seed)
+    model = compile_model(runs.build_model(config), config)
+    train_ds = data_lib.make_pipeline(
+        splits.train, splits.train_mode, config.batch_size, splits.levels,
+        shuffle=True, seed=config.seed,
+    )
+    val_ds = None
+    if splits.val is not None and len(splits.val):
+        val_ds = data_lib.make_pipeline(
+            splits.val, "none", config.batch_size, None, shuffle=False, seed=config.seed
+        )
+    recorder, cbs = _callbacks(model, config, out, val_ds is not None)
+    monitor = "val_loss" if val_ds is not None else "loss"
+    _write_status(out, config, "training", [], None, monitor, data=_data_info(dataset, splits))
+    try:
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            verbose=verbose,
+            callbacks=cbs + list(callbacks or []),
+        )
+    except KeyboardInterrupt:
+        _write_status(out, config, "interrupted", recorder.history, recorder.best_epoch, monitor,
+                      data=_data_info(dataset, splits))
+        raise
+    if recorder.bad is not None:
+        epoch, step = recorder.bad
+        _write_status(out, config, "failed", recorder.history, recorder.best_epoch, monitor,
+                      data=_data_info(dataset, splits))
+        where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
+        kept = (
+            f"the checkpoint of epoch {len(recorder.history)} is kept in {out}"
+            if recorder.history else "no epoch finished, so no checkpoint was written"
+        )
+        raise TrainingError(
+            f"training stopped: the loss became non-finite (NaN or inf) at {where}; {kept}. "
+            "Try a lower --lr, --kl-warmup, or check the data for extreme values."
+        )
+
+    return finish_run(out, config, splits, dataset, figures=figures)
+
+
+def _data_info(dataset, splits) -> dict:
+    return {
+        "name": dataset.name,
+        "train": int(len(splits.train)),
+        "val": int(0 if splits.val is None else len(splits.val)),
+        "test": int(len(splits.test)),
+        "binarize": splits.train_mode,
+        "image_shape": list(dataset.image_shape),
+    }
+
+
+def finish_run(out: Path, config: Config, splits, dataset, figures: bool = True):
+    """Loads the best checkpoint, fits extras, evaluates on test, writes figures."""
+    from tfvae.evaluation import evaluate
+
+    model, _ = runs.load_model(out, "best")
+    train_float = _train_float(splits, config.seed)
+    model.post_fit(train_float, seed=config.seed)
+    model.save_extras(out)
+    results = evaluate(model, splits.test, k=config.iwae_k, seed=config.seed)
+    if config.model == "bernoulli" and config.estimator == "vimco":
+        results["note"] = "trained with vimco, which targets the k-sample bound, not the ELBO"
+    runs.atomic_write_json(out / runs.EVALUATION, results)
+    history = runs.read_json(out / runs.METRICS_JSON, "metrics")
+    status = runs.read_json(out / runs.STATUS, "run status")
+    _write_status(out, config, "completed", history, status.get("best_epoch"), status.get("monitor"),
+                  data=_data_info(dataset, splits), test=results)
+    if figures:
+        write_figures(out, model, splits, history)
+    return runs.load_run(out)
+
+
+def _train_float(splits, seed: int, limit: int = 20000) -> np.ndarray:
+    """A float copy of (up to ``limit`` rows of) the training split, as the model sees it."""
+    from tfvae import data as data_lib
+
+    rows = splits.train[:limit]
+    ds = data_lib.make_pipeline(rows, splits.train_mode, min(len(rows), 1000), splits.levels,
+                                shuffle=False, seed=seed)
+    return np.concatenate([b.numpy() for b in ds])
+
+
+def write_figures(out: Path, model, splits, history) -> list[Path]:
+    """Reconstructions, prior samples, training curves, latent manifold/scatter."""
+    from tfvae import figures as fig
+
+    folder = out / runs.FIGURES
+    folder.mkdir(exist_ok=True)
+    shape = model.image_shape
+    x = splits.test[:10]
+    paths = [
+        fig.save_reconstructions(folder / "reconstructions.png", x, model.reconstruct(x), shape),
+        fig.save_grid(folder / "samples.png", model.sample(64, seed=0), shape, "samples"),
+    ]
+    if history:
+        paths.append(fig.save_curves(folder / "curves.png", history))
+    if model.latent_dim == 2:
+        quantiles = model.latent_quantiles()
+        if quantiles is not None:
+            paths.append(fig.save_manifold(folder / "manifold.png", model.decode_mean_numpy,
+                                           shape, quantiles))
+        codes = model.posterior_code(splits.test[:2000])
+        codes = np.asarray(codes)
+        paths.append(fig.save_latent_scatter(
+            folder / "latent.png", codes,
+            None if splits.y_test is None else splits.y_test[:2000]))
+    paths += model.extra_figures(folder, splits)
+    return paths
