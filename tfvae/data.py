@@ -566,19 +566,24 @@ def _load_tfds(name: str, tfds_data_dir, timeout: float) -> DataSet:
                 f"{e}. " + _OFFLINE_OPTIONS
             ) from e
 
-    splits = builder.info.splits
-    if "train" not in splits or "test" not in splits:
-        raise DataError(
-            f"TFDS data set {name!r} has splits {sorted(splits)}; tfvae needs 'train' "
-            "and 'test'"
-        )
-    features = builder.info.features
-    if "image" not in features:
+    if "image" not in builder.info.features:
         raise DataError(f"TFDS data set {name!r} has no 'image' feature; it is not images")
     arrays = {}
     for split in ("train", "test"):
-        batch = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-        arrays[split] = (batch["image"], batch.get("label"))
+        try:
+            # Fixed-size batches rather than batch_size=-1 (one batch of the whole
+            # split): same result, and it does not rely on the split's recorded size.
+            batches = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=8192)))
+        except Exception as e:  # unknown split, unreadable records, ...
+            raise DataError(
+                f"cannot read split {split!r} of TFDS data set {name!r} from "
+                f"{builder.data_dir}: {e}; tfvae needs 'train' and 'test' splits"
+            ) from e
+        if not batches:
+            raise DataError(f"split {split!r} of TFDS data set {name!r} is empty")
+        x = np.concatenate([b["image"] for b in batches])
+        y = np.concatenate([b["label"] for b in batches]) if "label" in batches[0] else None
+        arrays[split] = (x, y)
     return _from_arrays(
         name, arrays["train"][0], arrays["test"][0], arrays["train"][1], arrays["test"][1]
     )

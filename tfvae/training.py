@@ -234,7 +234,8 @@ def train(
     val_ds = None
     if splits.val is not None and len(splits.val):
         val_ds = data_lib.make_pipeline(
-            splits.val, "none", config.batch_size, None, shuffle=False, seed=config.seed
+            splits.val, "none", min(config.batch_size, len(splits.val)), None,
+            shuffle=False, seed=config.seed,
         )
     recorder, cbs = _callbacks(model, config, out, val_ds is not None)
     monitor = "val_loss" if val_ds is not None else "loss"

@@ -1,0 +1,123 @@
+"""Quality benchmark: test ELBO and IWAE log-likelihood after a fixed budget.
+
+The protocol of ../shared/bench (README there): 784-400-z MLP, batch 128,
+Adam 1e-3, 10 epochs on statically binarized Fashion-MNIST (train split with
+seed 0, test split with seed 1, the bits of bindata.py), trained on the whole
+training split (no validation carve-out), like the peers.
+
+    python benchmarks/quality.py --data-dir /usr/share/datasets/fashion-mnist \
+        --models gaussian bernoulli --estimators ema rloo --latent 20 \
+        --iwae-k 1000 --seeds 0 [--peer-python /path/to/torch-venv/bin/python]
+
+Prints one JSON line per run: tfvae's figures and, with --peer-python, the
+matching PyTorch peer run side by side (same data, same machine).
+Targets (issues 2 and 3): Gaussian VAE within 1 nat of the PyTorch VAE peer
+(ELBO and IWAE k=1000); Bernoulli VAE `ema` within 2 nats of the PyTorch
+Bernoulli peer at z=20; the best estimator >= 10 nats above it at z=200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
+
+
+def run_tfvae(args, model: str, latent: int, seed: int, estimator: str | None) -> dict:
+    import tfvae
+    from tfvae.evaluation import evaluate
+    from tfvae.training import load_data
+
+    options = dict(
+        model=model, data_dir=args.data_dir, binarize="static", val_fraction=0.0,
+        epochs=args.epochs, latent_dim=latent, hidden=(400,), batch_size=128, lr=1e-3,
+        seed=seed, iwae_k=1,
+    )
+    if estimator:
+        options["estimator"] = estimator
+        options["num_samples"] = args.num_samples
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        run = tfvae.train(out=Path(tmp) / "run", verbose=0, figures=False, **options)
+        wall = time.perf_counter() - start
+        history = run.history
+        seconds = sorted(h["seconds"] for h in history[1:]) or [history[0]["seconds"]]
+        median = seconds[len(seconds) // 2]
+        _, splits = load_data(run.config)
+        n_train = len(splits.train)
+        result = {
+            "program": "tfvae",
+            "model": model,
+            "estimator": estimator,
+            "latent": latent,
+            "seed": seed,
+            "epochs": args.epochs,
+            "sec_per_epoch_median": median,
+            "train_images_per_sec": n_train / median,
+            "train_wall_sec": wall,
+        }
+        start = time.perf_counter()
+        ev = evaluate(run.model, splits.test, k=1, seed=seed)
+        result["test_elbo"] = ev["elbo"]
+        result["test_kl"] = ev["kl"]
+        result["active_units"] = ev["active_units"]
+        if args.iwae_k:
+            start = time.perf_counter()
+            iw = evaluate(run.model, splits.test, k=args.iwae_k, seed=seed)
+            result["test_iwae_k"] = args.iwae_k
+            result["test_log_likelihood_iwae"] = iw["log_likelihood"]
+            result["iwae_sec"] = time.perf_counter() - start
+    return result
+
+
+def run_peer(args, model: str, latent: int, seed: int) -> dict:
+    script = "peer_torch_vae.py" if model == "gaussian" else "peer_torch_bvae.py"
+    cmd = [args.peer_python, str(Path(args.bench_dir) / script), "--data-dir", args.data_dir,
+           "--epochs", str(args.epochs), "--seed", str(seed + 1)]
+    if model != "gaussian":
+        cmd += ["--latent", str(latent)]
+    if args.iwae_k:
+        cmd += ["--iwae-k", str(args.iwae_k)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result.update(program="peer", model=model, latent=latent, seed=seed)
+    return result
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--models", nargs="+", default=["gaussian"],
+                   choices=["gaussian", "bernoulli"])
+    p.add_argument("--estimators", nargs="+", default=["ema"])
+    p.add_argument("--latent", nargs="+", type=int, default=[20])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--iwae-k", type=int, default=1000)
+    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--peer-python", default=None,
+                   help="Python of a venv with torch==2.13.0 to run the peers side by side.")
+    p.add_argument("--bench-dir", default=str(DEFAULT_BENCH))
+    args = p.parse_args()
+    if not os.path.isdir(args.data_dir):
+        sys.exit(f"{args.data_dir} not found: apt-get install dataset-fashion-mnist")
+    for model in args.models:
+        for latent in args.latent:
+            for seed in args.seeds:
+                if args.peer_python:
+                    print(json.dumps(run_peer(args, model, latent, seed)), flush=True)
+                estimators = args.estimators if model == "bernoulli" else [None]
+                for estimator in estimators:
+                    print(json.dumps(run_tfvae(args, model, latent, seed, estimator)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The tfvae command line, through click's CliRunner."""
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from tfvae_cli.main import cli
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_help_is_fast_and_lists_commands():
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "tfvae_cli.main", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stderr
+    for command in ("train", "evaluate", "sample"):
+        assert command in result.stdout
+    # --help must not import TensorFlow (that alone takes seconds).
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from tfvae_cli.main import cli; import tfvae; "
+         "print('tensorflow' in sys.modules)"],
+        capture_output=True, text=True, timeout=60)
+    assert probe.stdout.strip() == "False", probe.stderr
+    assert elapsed < 30  # generous: a loaded CI machine; typically well under a second
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "sample"])
+def test_every_command_has_help_with_examples(runner, command):
+    result = runner.invoke(cli, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Examples:" in result.output
+
+
+def test_train_evaluate_sample_end_to_end(runner, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(cli, ["train", "--epochs", "1", "--hidden", "32", "--latent-dim", "2",
+                                 "--iwae-k", "5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "test elbo" in result.output
+    for name in ("config.json", "run.json", "metrics.csv", "metrics.json", "evaluation.json",
+                 "checkpoints/last.weights.h5", "checkpoints/best.weights.h5",
+                 "figures/samples.png", "figures/reconstructions.png", "figures/manifold.png",
+                 "figures/latent.png", "figures/curves.png"):
+        assert (out / name).exists(), name
+    assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
+
+    result = runner.invoke(cli, ["evaluate", str(out), "--k", "7", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["k"] == 7 and report["n"] == 1000
+    assert report["reconstruction"] > 0 and len(report["kl_per_dim"]) == 2
+    for key in ("elbo", "kl", "log_likelihood", "active_units"):
+        assert key in report
+
+    result = runner.invoke(cli, ["evaluate", str(out), "--k", "3"])
+    assert result.exit_code == 0 and "log_likelihood" in result.output
+
+    npy = tmp_path / "s.npy"
+    result = runner.invoke(cli, ["sample", str(out), "--n", "5", "--out", str(npy), "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    images = np.load(npy)
+    assert images.shape == (5, 784) and 0 <= images.min() and images.max() <= 1
+    result = runner.invoke(cli, ["sample", str(out), "--n", "5", "--out", str(npy)])
+    assert result.exit_code != 0 and "--overwrite" in result.output
+    png = tmp_path / "s.png"
+    result = runner.invoke(cli, ["sample", str(out), "--n", "9", "--out", str(png)])
+    assert result.exit_code == 0 and png.read_bytes()[:4] == b"\x89PNG"
+
+    # Refuses to train into an existing run.
+    before = (out / "config.json").read_text()
+    result = runner.invoke(cli, ["train", "--epochs", "1", "--out", str(out)])
+    assert result.exit_code != 0 and "never overwrites" in result.output
+    assert (out / "config.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["train", "--latent-dim", "0"], "--latent-dim"),
+        (["train", "--hidden", "0"], "positive"),
+        (["train", "--batch-size", "100000", "--epochs", "1"], "larger than"),
+        (["train", "--model", "gan"], "gan"),
+        (["train", "--estimator", "magic"], "magic"),
+        (["train", "--dataset", "mnist-10k", "--data-dir", "x"], "not both"),
+        (["train", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
+        (["train", "--components", "many"], "auto"),
+        (["evaluate", "/nonexistent/run"], "does not exist"),
+        (["sample", "/nonexistent/run", "--out", "x.png"], "does not exist"),
+        (["sample", "/nonexistent/run", "--out", "x.gif"], ".png or .npy"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(runner, tmp_path, args, words):
+    args = [str(tmp_path / a) if a == "x" else a for a in args]
+    result = runner.invoke(cli, args + ([] if args[0] != "train" else ["--out", str(tmp_path / "r")]))
+    assert result.exit_code != 0
+    assert words in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_run_directory_problems(runner, tmp_path, tiny_run):
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    result = runner.invoke(cli, ["evaluate", str(not_a_run)])
+    assert result.exit_code != 0 and "not a tfvae run" in result.output
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{oops")
+    result = runner.invoke(cli, ["evaluate", str(broken)])
+    assert result.exit_code != 0 and "corrupt" in result.output
+
+    no_ckpt = tmp_path / "nockpt"
+    no_ckpt.mkdir()
+    (no_ckpt / "config.json").write_text((tiny_run / "config.json").read_text())
+    result = runner.invoke(cli, ["sample", str(no_ckpt), "--out", str(tmp_path / "a.png")])
+    assert result.exit_code != 0 and "never finished an epoch" in result.output
+
+    bad_ckpt = tmp_path / "badckpt"
+    (bad_ckpt / "checkpoints").mkdir(parents=True)
+    (bad_ckpt / "config.json").write_text((tiny_run / "config.json").read_text())
+    (bad_ckpt / "checkpoints" / "best.weights.h5").write_bytes(b"not hdf5")
+    result = runner.invoke(cli, ["evaluate", str(bad_ckpt)])
+    assert result.exit_code != 0 and "cannot be read" in result.output

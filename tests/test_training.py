@@ -1,0 +1,73 @@
+"""tfvae.train and run directories, from Python."""
+
+import json
+
+import numpy as np
+import pytest
+
+import tfvae
+from tfvae.errors import RunDirError
+
+
+def test_run_directory_contents(tiny_run):
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["latent_dim"] == 2 and config["input_dim"] == 784
+    assert config["likelihood"] == "bernoulli" and config["binarize"] == "dynamic"
+    status = json.loads((tiny_run / "run.json").read_text())
+    assert status["status"] == "completed" and status["epochs_completed"] == 2
+    assert status["data"]["train"] + status["data"]["val"] == 9000
+    assert status["data"]["test"] == 1000
+    history = json.loads((tiny_run / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert {"loss", "elbo", "val_loss", "val_elbo", "kl"} <= set(history[0])
+    csv = (tiny_run / "metrics.csv").read_text().splitlines()
+    assert csv[0].startswith("epoch,") and len(csv) == 3
+
+
+def test_load_run_gives_a_working_model(tiny_run):
+    run = tfvae.load_run(tiny_run)
+    assert isinstance(run.model, tfvae.GaussianVAE)
+    assert run.config.latent_dim == 2
+    assert run.evaluation["k"] == 10
+    images = run.model.sample(3, seed=0)
+    assert images.shape == (3, 784)
+    recon = run.model.reconstruct(np.zeros((2, 784), np.float32))
+    assert recon.shape == (2, 784)
+    last = tfvae.load_run(tiny_run, which="last")
+    assert last.model.count_params() == run.model.count_params()
+
+
+def test_load_run_errors(tmp_path):
+    with pytest.raises(RunDirError, match="does not exist"):
+        tfvae.load_run(tmp_path / "missing")
+    with pytest.raises(RunDirError, match="not a tfvae run"):
+        tfvae.load_run(tmp_path)
+
+
+def test_digits_trains_with_gaussian_likelihood(tmp_path):
+    run = tfvae.train(out=tmp_path / "digits", dataset="digits", epochs=2, hidden=(32,),
+                      latent_dim=2, batch_size=64, iwae_k=5, verbose=0, figures=False)
+    assert run.config.likelihood == "gaussian"
+    assert run.config.image_shape == (8, 8)
+    ev = run.evaluation
+    assert np.isfinite(ev["elbo"]) and np.isfinite(ev["log_likelihood"])
+    samples = run.model.sample(4, seed=0)
+    assert samples.shape == (4, 64)
+
+
+def test_same_seed_same_metrics(tmp_path):
+    kwargs = dict(epochs=1, hidden=(16,), latent_dim=2, iwae_k=3, verbose=0, figures=False,
+                  val_fraction=0.1)
+    a = tfvae.train(out=tmp_path / "a", **kwargs).evaluation
+    b = tfvae.train(out=tmp_path / "b", **kwargs).evaluation
+    assert a["elbo"] == pytest.approx(b["elbo"], abs=0.5)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+    data = np.random.default_rng(0).random((300, 16)).astype(np.float32) * 1e30
+    path = tmp_path / "huge.npy"
+    np.save(path, data)
+    with pytest.raises(tfvae.TfvaeError) as info:
+        tfvae.train(out=tmp_path / "nan", data_dir=str(path), likelihood="gaussian",
+                    epochs=2, hidden=(8,), latent_dim=2, batch_size=32, verbose=0)
+    assert "non-finite" in str(info.value) and "epoch 1" in str(info.value)

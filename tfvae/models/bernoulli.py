@@ -1,0 +1,247 @@
+"""Bernoulli-latent VAE, trained with score-function gradient estimators.
+
+``q(z|x) = prod_u Bernoulli(z_u; sigmoid(a_u(x)))`` over binary codes, prior
+``Bernoulli(0.5)`` per unit (or learned logits), analytic KL. Binary samples
+cannot be reparameterized, so the encoder's gradient of ``E_q[log p(x|z)]``
+comes from an estimator in :mod:`tfvae.estimators` (REINFORCE with a
+baseline by default).
+"""
+
+from __future__ import annotations
+
+from tfvae import estimators, networks
+from tfvae._keras import keras, tf, tfd
+from tfvae.models.base import LatentVariableModel
+
+
+
+@keras.saving.register_keras_serializable(package="tfvae")
+class BernoulliVAE(LatentVariableModel):
+    """Variational autoencoder with a factorised Bernoulli (binary) latent.
+
+    The encoder ends in ``tfp.layers.IndependentBernoulli`` (logits; float32
+    samples in {0, 1}), the decoder is the Gaussian VAE's. With
+    ``decoder_hidden=()`` the generative model ``p(z) p(x|z)`` is a one-layer
+    sigmoid belief network (Neal 1992): binary units with a logistic linear map
+    to the pixels' logits.
+
+    Training maximises ``E_q[log p(x|z)] - KL(q(z|x) || p(z))`` with the KL
+    analytic; the gradient of the first term with respect to the encoder is
+    estimated by ``estimator`` (see :data:`tfvae.estimators.ESTIMATORS`):
+    the REINFORCE surrogate ``stop(log p(x|z) - c(x)) * log q(z|x)`` with a
+    baseline ``c``, leave-one-out, or DisARM's antithetic pairs. ``vimco``
+    instead targets the ``num_samples``-sample importance-weighted bound.
+    The reported ``elbo`` metric is always the single-sample ELBO.
+
+    Estimator state (the moving-average baseline, NVIL's running mean and
+    variance and an ``initialized`` flag) lives in non-trainable variables,
+    so ``save_weights``/``load_weights`` keep it. The first training batch
+    starts the running mean at its own mean (see :func:`tfvae.estimators.ema`).
+
+    Args:
+      estimator: name in :data:`tfvae.estimators.ESTIMATORS` (``reinforce``,
+        ``ema``, ``nvil``, ``rloo``, ``disarm``, ``vimco``).
+      baseline_decay: decay of the running averages (``ema``, ``nvil``).
+      num_samples: samples per example (``rloo``, ``vimco``; at least 2).
+      learn_prior: learn the prior logits (initialised at 0, i.e. p = 0.5).
+      nvil_hidden: hidden units (tanh) of NVIL's baseline network ``c(x)``.
+      nvil_normalize: NVIL's variance normalisation of the signal.
+      **kwargs: see :class:`tfvae.models.base.LatentVariableModel`.
+
+    Example:
+      >>> import tfvae
+      >>> model = tfvae.BernoulliVAE(input_dim=784, latent_dim=20, estimator="rloo")
+      >>> model.compile(optimizer=tfvae.keras.optimizers.Adam(1e-3))
+      >>> model.fit(x_train, epochs=5, batch_size=128)  # x_train: [N, 784] in {0, 1}
+      >>> codes = model.posterior_code(x_train[:10])    # [10, 20] in {0, 1}
+    """
+
+    model_type = "bernoulli"
+    extra_metrics = ("baseline", "signal_mean", "signal_std")
+
+    def __init__(
+        self,
+        *args,
+        estimator: str = "ema",
+        baseline_decay: float = 0.9,
+        num_samples: int = 4,
+        learn_prior: bool = False,
+        nvil_hidden: int = 100,
+        nvil_normalize: bool = True,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        self.estimator = str(estimator)
+        self._estimate_fn = estimators.get(self.estimator)
+        if not 0.0 <= float(baseline_decay) < 1.0:
+            raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay!r}")
+        self.baseline_decay = float(baseline_decay)
+        if int(num_samples) < self._estimate_fn.min_samples:
+            raise ValueError(
+                f"estimator {self.estimator!r} needs num_samples >= "
+                f"{self._estimate_fn.min_samples}, got {num_samples!r}"
+            )
+        self.num_samples = int(num_samples)
+        self.learn_prior = bool(learn_prior)
+        self.nvil_hidden = int(nvil_hidden)
+        self.nvil_normalize = bool(nvil_normalize)
+
+        self.encoder = networks.build_encoder(
+            self.input_dim,
+            self.hidden,
+            networks.bernoulli_latent_head(self.latent_dim),
+            arch=self.arch,
+            image_shape=self.image_shape,
+        )
+        self.decoder = self._build_decoder()
+        # NVIL's input-dependent baseline c(x): one tanh layer (Mnih & Gregor 2014, sec. 5).
+        self.baseline_net = None
+        if self._estimate_fn.input_baseline:
+            self.baseline_net = keras.Sequential(
+                [
+                    keras.layers.InputLayer(input_shape=(self.input_dim,)),
+                    keras.layers.Dense(self.nvil_hidden, activation="tanh"),
+                    keras.layers.Dense(1),
+                ],
+                name="baseline_net",
+            )
+        self._prior_logits = None
+        if self.learn_prior:
+            self._prior_logits = self.add_weight(
+                name="prior_logits", shape=(self.latent_dim,), initializer="zeros",
+                trainable=True,
+            )
+        # Estimator state: non-trainable, so checkpoints keep it.
+        self.baseline_mean = tf.Variable(0.0, trainable=False, name="baseline_mean")
+        self.baseline_var = tf.Variable(0.0, trainable=False, name="baseline_var")
+        self.baseline_initialized = tf.Variable(0.0, trainable=False, name="baseline_initialized")
+        self._finish_build()
+
+    # ------------------------------------------------------------------ parts
+    def prior_logits(self):
+        """Prior logits, float32 ``[latent]`` (zeros for the fixed Bernoulli(0.5) prior)."""
+        if self._prior_logits is None:
+            return tf.zeros([self.latent_dim], tf.float32)
+        return tf.convert_to_tensor(self._prior_logits)
+
+    def prior(self):
+        return tfd.Independent(
+            tfd.Bernoulli(logits=self.prior_logits(), dtype=tf.float32),
+            reinterpreted_batch_ndims=1,
+        )
+
+    def encoder_logits(self, x, training=None):
+        """Logits ``a(x)`` of ``q(z|x)``, shape ``[batch, latent]``."""
+        return self.encode(x, training=training).distribution.logits
+
+    def posterior_mean(self, x):
+        """Posterior probabilities ``q(z_u = 1 | x)``, ``[batch, latent]``."""
+        return tf.sigmoid(self.encoder_logits(x))
+
+    def posterior_code(self, x):
+        """The posterior mode: probabilities thresholded at 0.5, float ``[batch, latent]``."""
+        return tf.cast(self.encoder_logits(x) > 0.0, tf.float32)
+
+    def kl_per_dim(self, x):
+        """Analytic ``KL(q(z_u|x) || p(z_u))`` per unit, ``[batch, latent]``."""
+        q = self.encode(x)
+        return tfd.kl_divergence(
+            q.distribution, tfd.Bernoulli(logits=self.prior_logits(), dtype=tf.float32)
+        )
+
+    def latent_quantiles(self):
+        return None  # binary codes have no continuous manifold to draw
+
+    # -------------------------------------------------------------- training
+    @property
+    def estimator_state(self) -> estimators.State:
+        """Current estimator state (the variables' values)."""
+        return estimators.State(
+            mean=tf.convert_to_tensor(self.baseline_mean),
+            var=tf.convert_to_tensor(self.baseline_var),
+            initialized=tf.convert_to_tensor(self.baseline_initialized),
+        )
+
+    def estimate(self, x, estimator=None, seed=None, training=True, state=None):
+        """One batch's surrogate loss under an estimator, without changing any state.
+
+        Args:
+          x: ``[batch, D]`` data.
+          estimator: a name in :data:`tfvae.estimators.ESTIMATORS`; default the
+            model's own. ``nvil`` needs a model built with it (its ``c(x)``).
+          seed: stateless seed (``[2]`` int32) or None.
+          training: passed to the networks.
+          state: a :class:`tfvae.estimators.State` to use instead of the model's.
+
+        Returns:
+          ``(estimate, kl)``: the :class:`tfvae.estimators.Estimate` and the
+          unweighted analytic KL per example, ``[batch]``.
+        """
+        fn = self._estimate_fn if estimator is None else estimators.get(estimator)
+        if fn.input_baseline and self.baseline_net is None:
+            raise ValueError(
+                f"estimator {estimator!r} needs a baseline network; build the model with "
+                f"estimator={estimator!r}"
+            )
+        q = self.encode(x, training=training)
+        kl = tfd.kl_divergence(q, self.prior())  # [batch]
+        input_baseline = None
+        if fn.input_baseline:
+            input_baseline = tf.squeeze(self.baseline_net(x, training=training), -1)  # [batch]
+        problem = estimators.Problem(
+            logits=q.distribution.logits,
+            log_likelihood=lambda z: self.log_likelihood(z, x, training=training),
+            log_prior=lambda z: self.prior().log_prob(z),
+            kl=self.kl_weight * kl,
+            kl_weight=tf.convert_to_tensor(self.kl_weight),
+            seed=seed,
+            num_samples=self.num_samples,
+            decay=self.baseline_decay,
+            input_baseline=input_baseline,
+            normalize=self.nvil_normalize,
+        )
+        return fn(problem, self.estimator_state if state is None else state), kl
+
+    def objective(self, x, training=True):
+        """Surrogate loss of the model's estimator; updates the estimator state.
+
+        Returns:
+          ``(loss, metrics)``: the loss's value is the negative (KL-weighted)
+          objective, its gradient the estimator's; metrics hold the
+          single-sample ``reconstruction`` and ``kl`` and the learning signal's
+          ``baseline``, ``signal_mean`` and ``signal_std``.
+        """
+        est, kl = self.estimate(x, training=training)
+        for field, value in est.updates.items():
+            getattr(self, f"baseline_{field}").assign(value)
+        signal = tf.reshape(est.signal, [-1])
+        metrics = {
+            "reconstruction": -est.log_likelihood,
+            "kl": kl,
+            "baseline": tf.reduce_mean(est.baseline),
+            "signal_mean": tf.reduce_mean(signal),
+            "signal_std": tf.math.reduce_std(signal),
+        }
+        return est.loss, metrics
+
+    # --------------------------------------------------------- serialization
+    @classmethod
+    def config_kwargs(cls, config) -> dict:
+        return {
+            **config.model_kwargs(),
+            "estimator": config.estimator,
+            "baseline_decay": config.baseline_decay,
+            "num_samples": config.num_samples,
+            "learn_prior": config.learn_prior,
+        }
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "estimator": self.estimator,
+            "baseline_decay": self.baseline_decay,
+            "num_samples": self.num_samples,
+            "learn_prior": self.learn_prior,
+            "nvil_hidden": self.nvil_hidden,
+            "nvil_normalize": self.nvil_normalize,
+        }
