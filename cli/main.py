@@ -8,60 +8,12 @@ code 1, never a traceback).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 
 import click
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-def _quiet_tensorflow():
-    # The application (not the library) decides how chatty TensorFlow's C++
-    # logging is; users can still override it from their environment.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def handle_errors(func):
-    """Turns library errors into click errors with the library's message."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        _quiet_tensorflow()
-        try:
-            return func(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except (ValueError, TypeError) as exc:
-            raise click.ClickException(str(exc)) from None
-        except FileNotFoundError as exc:
-            raise click.ClickException(f"file not found: {exc.filename or exc}") from None
-        except PermissionError as exc:
-            raise click.ClickException(f"permission denied: {exc.filename or exc}") from None
-        except OSError as exc:
-            raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
-
-    return wrapper
-
-
-def data_options(func):
-    """--dataset / --data-dir / --tfds-data-dir, shared by train and evaluate."""
-    func = click.option(
-        "--tfds-data-dir", type=click.Path(file_okay=False), default=None,
-        help="tensorflow-datasets data directory holding prepared data sets.",
-    )(func)
-    func = click.option(
-        "--data-dir", type=click.Path(), default=None,
-        help="A directory of MNIST-format IDX .gz files, or one .npz or .npy file.",
-    )(func)
-    func = click.option(
-        "--dataset", default=None,
-        help="mnist-10k (embedded, default), digits (scikit-learn), or a "
-        "tensorflow-datasets name (mnist, fashion_mnist, binarized_mnist, kmnist...).",
-    )(func)
-    return func
+from tfvae_cli.common import CONTEXT, data_options, handle_errors
 
 
 @click.group(context_settings=CONTEXT)
@@ -119,10 +71,16 @@ def cli():
               help="Mixture components, or 'auto' to choose by BIC (ae-gmm model).")
 @click.option("--covariance", type=click.Choice(["full", "tied", "diag", "spherical"]),
               default="full", show_default=True, help="Mixture covariance type (ae-gmm model).")
+@click.option("--deterministic", is_flag=True,
+              help="Turn on TensorFlow op determinism: same seed, same figures exactly "
+              "(may be slower).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory to create [default: a new folder under runs/].")
+@click.option("--resume", type=click.Path(), default=None,
+              help="Continue the run in this directory from its last completed epoch "
+              "(other options are taken from its config; --epochs may raise the total).")
 @handle_errors
-def train(out, **options):
+def train(out, resume, **options):
     """Train a model and write a run directory.
 
     The run directory holds config.json, checkpoints (last and best),
@@ -134,9 +92,23 @@ def train(out, **options):
       tfvae train --latent-dim 2 --epochs 30 --out runs/z2
       tfvae train --data-dir /usr/share/datasets/fashion-mnist --binarize static
       tfvae train --dataset digits --likelihood gaussian --hidden 128
+      tfvae train --resume runs/z2 --epochs 50
     """
     from tfvae.config import Config
-    from tfvae.training import default_out, train as train_run
+    from tfvae.training import default_out
+    from tfvae.training import train as train_run
+
+    verbose = 1 if sys.stdout.isatty() else 2
+    if resume is not None:
+        if out is not None:
+            raise click.ClickException("--resume continues a run in place; leave out --out")
+        ctx = click.get_current_context()
+        extra = {}
+        if ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE:
+            extra["epochs"] = options["epochs"]
+        click.echo(f"resuming run {resume}", err=True)
+        _report(_train_interruptible(resume, train_run, resume=resume, verbose=verbose, **extra))
+        return
 
     if options["components"] != "auto":
         try:
@@ -148,13 +120,20 @@ def train(out, **options):
     config = Config(**options)
     out = out or str(default_out(config))
     click.echo(f"training {config.model} model; run directory: {out}", err=True)
-    verbose = 1 if sys.stdout.isatty() else 2
+    _report(_train_interruptible(out, train_run, config, out=out, verbose=verbose))
+
+
+def _train_interruptible(run_dir, train_run, *args, **kwargs):
     try:
-        run = train_run(config, out=out, verbose=verbose)
+        return train_run(*args, **kwargs)
     except KeyboardInterrupt:
         raise click.ClickException(
-            f"interrupted; completed epochs are saved in {out} (checkpoints/last.weights.h5)"
+            f"interrupted; completed epochs are saved in {run_dir}; "
+            f"continue with: tfvae train --resume {run_dir}"
         ) from None
+
+
+def _report(run):
     ev = run.evaluation or {}
     click.echo(
         f"done: test elbo {ev.get('elbo', float('nan')):.2f}, "
@@ -219,19 +198,33 @@ def evaluate(run_dir, k, dataset, data_dir, tfds_data_dir, checkpoint, seed, as_
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Output file: .png (grid) or .npy (probabilities or means).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--backend", type=click.Choice(["keras", "savedmodel", "tflite"]), default=None,
+              help="Draw the sampler's noise with numpy and run it through this backend; "
+              "the same --seed gives the same images on every backend [default: keras for a "
+              "run (prior sampling with TFP, as in training figures), tflite for an export].")
+@click.option("--precision", type=click.Choice(["float32", "float16", "int8"]),
+              default="float32", show_default=True, help="LiteRT file to run (tflite backend).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @handle_errors
-def sample(run_dir, n, out, seed, overwrite):
+def sample(run_dir, n, out, seed, backend, precision, overwrite):
     """Draw samples from a trained model's prior and decode them.
+
+    RUN_DIR is a run directory or an export directory (from `tfvae export`).
+    With --backend, the noise comes from numpy (seeded) and goes through the
+    model's sampler: Keras for a run, the SavedModel or a LiteRT file
+    otherwise. For a run with --backend savedmodel or tflite, the run is first
+    exported to a temporary directory.
 
     \b
     Examples:
       tfvae sample runs/z2 --n 64 --out samples.png
       tfvae sample runs/z2 --n 1000 --out samples.npy --seed 3
+      tfvae sample exported/gaussian --n 64 --out lite.png --precision int8
+      tfvae sample runs/z2 --n 64 --out sm.npy --backend savedmodel
     """
-    import numpy as np
+    import tempfile
 
-    from tfvae import runs
+    import numpy as np
 
     suffix = os.path.splitext(out)[1].lower()
     if suffix not in (".png", ".npy"):
@@ -240,15 +233,50 @@ def sample(run_dir, n, out, seed, overwrite):
         raise click.ClickException(f"--n must be a positive integer, got {n}")
     if os.path.exists(out) and not overwrite:
         raise click.ClickException(f"{out} exists; pass --overwrite to replace it")
-    model, _ = runs.load_model(run_dir, "best")
-    images = model.sample(n, seed=seed)
+    from tfvae import export as export_lib
+
+    if export_lib.is_export_dir(run_dir):
+        if backend == "keras":
+            raise click.ClickException(
+                f"{run_dir} is an export: use --backend savedmodel or tflite, or give the run "
+                "directory for keras"
+            )
+        exported = export_lib.ExportDir(run_dir)
+        images = exported.sample(n, seed, backend or "tflite", precision)
+        image_shape = tuple(exported.manifest["image_shape"])
+    else:
+        from tfvae import runs
+
+        model, _ = runs.load_model(run_dir, "best")
+        image_shape = model.image_shape
+        if backend is None:
+            images = model.sample(n, seed=seed)
+        elif backend == "keras":
+            images = export_lib.sample_from_noise(model, export_lib.draw_noise(model, n, seed))
+        else:
+            with tempfile.TemporaryDirectory(prefix="tfvae-sample-") as tmp:
+                fmt = "savedmodel" if backend == "savedmodel" else "tflite"
+                export_lib.export(model, os.path.join(tmp, "export"), formats=fmt,
+                                  precisions=precision)
+                exported = export_lib.ExportDir(os.path.join(tmp, "export"))
+                images = exported.sample(n, seed, backend, precision)
     if suffix == ".npy":
-        np.save(out, images.astype(np.float32), allow_pickle=False)
+        np.save(out, np.asarray(images, np.float32), allow_pickle=False)
     else:
         from tfvae.figures import save_grid
 
-        save_grid(out, images, model.image_shape)
+        save_grid(out, images, image_shape)
     click.echo(f"wrote {n} samples to {out}")
+
+
+from tfvae_cli.export import export as _export  # noqa: E402
+
+cli.add_command(_export)
+
+
+from tfvae_cli.diagnose import diagnose as _diagnose  # noqa: E402
+
+cli.add_command(_diagnose)
 
 
 def main():

@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from tfvae_cli.main import cli
 
 
@@ -102,7 +101,8 @@ def test_train_evaluate_sample_end_to_end(runner, tmp_path):
 )
 def test_bad_input_gives_a_clear_error(runner, tmp_path, args, words):
     args = [str(tmp_path / a) if a == "x" else a for a in args]
-    result = runner.invoke(cli, args + ([] if args[0] != "train" else ["--out", str(tmp_path / "r")]))
+    extra = ["--out", str(tmp_path / "r")] if args[0] == "train" else []
+    result = runner.invoke(cli, args + extra)
     assert result.exit_code != 0
     assert words in result.output, result.output
     assert "Traceback" not in result.output

@@ -48,7 +48,7 @@ def test_train_step_moves_weights_and_lowers_loss(model, binary_images):
     before = [w.numpy().copy() for w in model.trainable_weights]
     history = model.fit(binary_images, epochs=8, batch_size=64, verbose=0)
     after = model.trainable_weights
-    assert any(not np.allclose(b, a.numpy()) for b, a in zip(before, after))
+    assert any(not np.allclose(b, a.numpy()) for b, a in zip(before, after, strict=True))
     losses = history.history["loss"]
     assert losses[-1] < losses[0] - 20
     assert set(history.history) >= {"loss", "elbo", "reconstruction", "kl"}

@@ -67,7 +67,9 @@ def parse_sizes(value: Any, name: str = "hidden", allow_empty: bool = True) -> t
         try:
             parts = [int(p) for p in value]
         except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a sequence of positive integers, got {value!r}") from None
+            raise ConfigError(
+                f"{name} must be a sequence of positive integers, got {value!r}"
+            ) from None
     if any(p <= 0 for p in parts):
         raise ConfigError(
             f"--{name.replace('_', '-')} sizes must be positive integers, got {value!r}"
@@ -111,6 +113,7 @@ class Config:
     val_fraction: float = 0.05
     min_scale: float = 1e-3
     iwae_k: int = 100
+    deterministic: bool = False
     # Bernoulli-latent VAE.
     estimator: str = "ema"
     baseline_decay: float = 0.9
@@ -146,7 +149,9 @@ class Config:
         for name in ("epochs", "latent_dim", "batch_size", "iwae_k", "num_samples"):
             _positive_int(name, getattr(self, name))
         if not isinstance(self.kl_warmup, int) or self.kl_warmup < 0:
-            raise ConfigError(f"--kl-warmup must be an integer >= 0 (epochs), got {self.kl_warmup!r}")
+            raise ConfigError(
+                f"--kl-warmup must be an integer >= 0 (epochs), got {self.kl_warmup!r}"
+            )
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"--seed must be an integer >= 0, got {self.seed!r}")
         if not (_finite(self.lr) and self.lr > 0):

@@ -72,6 +72,8 @@ EXPORT_CHECK_TOLERANCE = {"float32": 1e-3, "float16": 5e-2, "int8": 0.25}
 # SIZE_SLACK * weights * bytes cannot hold its weights.
 BYTES_PER_WEIGHT = {"float32": 4, "float16": 2, "int8": 1}
 SIZE_SLACK = 0.8
+# Builtin LiteRT ops that draw random numbers: samplers take noise as input instead.
+RANDOM_OPS = frozenset({"RANDOM_UNIFORM", "RANDOM_STANDARD_NORMAL", "MULTINOMIAL"})
 
 
 class ExportError(TfvaeError):
@@ -103,20 +105,32 @@ def _gaussian_codes(params, noise):
     return noise["eps"]  # [batch, latent]: the prior is N(0, I)
 
 
-def _bernoulli_codes(params, noise):
-    # z_i = 1 with probability p_i: a comparison and a cast, both builtin ops.
+def _order_key(x):
+    """Int32 keys ordered as the float32 values ``x >= 0`` (IEEE 754 bit patterns).
+
+    Thresholds kept as these keys stay exact in a float16 file, which rounds
+    float constants only: a rounded threshold would flip the choices of the
+    uniforms that fall between the two values.
+    """
     import tensorflow as tf
 
-    return tf.cast(noise["u"] < params["prior_probs"], tf.float32)  # [batch, latent]
+    return tf.bitcast(tf.convert_to_tensor(x, tf.float32), tf.int32)
+
+
+def _bernoulli_codes(params, noise):
+    # z_i = 1 with probability p_i: u < p_i, compared as int32 keys (see _order_key).
+    import tensorflow as tf
+
+    return tf.cast(_order_key(noise["u"]) < params["prior_keys"], tf.float32)  # [batch, latent]
 
 
 def _gmm_codes(params, noise):
     # Inverse CDF over the cumulative weights picks k; z = mu_k + L_k eps.
     import tensorflow as tf
 
-    u = noise["u"]  # [batch]
-    cum = params["cum_weights"]  # [K]; comparing with the first K-1 bounds gives k in [0, K-1]
-    k = tf.reduce_sum(tf.cast(u[:, None] >= cum[None, :-1], tf.int32), axis=1)  # [batch]
+    u = _order_key(noise["u"])  # [batch]
+    bounds = params["cum_keys"]  # [K-1]: the first K-1 cumulative weights, as int32 keys
+    k = tf.reduce_sum(tf.cast(u[:, None] >= bounds[None, :], tf.int32), axis=1)  # [batch] in [0, K)
     mu = tf.gather(params["means"], k)  # [batch, d]
     chol = tf.gather(params["cholesky"], k)  # [batch, d, d]
     return mu + tf.squeeze(tf.matmul(chol, noise["eps"][:, :, None]), -1)  # [batch, d]
@@ -130,17 +144,21 @@ def _bernoulli_params(model) -> dict:
     import tensorflow as tf
 
     logits = tf.convert_to_tensor(model.prior_logits(), tf.float32)
-    return {"prior_probs": tf.math.sigmoid(logits).numpy().astype(np.float32)}
+    probs = tf.math.sigmoid(logits).numpy().astype(np.float32)
+    return {"prior_keys": probs.view(np.int32)}
 
 
 def _gmm_params(model) -> dict:
-    gmm = model.gmm
+    gmm = model.mixture  # a fitted tfvae.gmm.GMMSampler, or None
     if gmm is None or getattr(gmm, "weights", None) is None:
-        raise ExportError("the autoencoder's Gaussian mixture is not fitted; train the run first")
+        raise ExportError(
+            "the autoencoder's Gaussian mixture is not fitted; call model.post_fit(x_train) "
+            "or export a run directory that has gmm.npz"
+        )
     weights = np.asarray(gmm.weights, np.float64)
     cum = np.cumsum(weights / weights.sum())
     return {
-        "cum_weights": cum.astype(np.float32),
+        "cum_keys": cum[:-1].astype(np.float32).view(np.int32),
         "means": np.asarray(gmm.means, np.float32),
         "cholesky": np.asarray(gmm.cholesky, np.float32),
     }
@@ -174,7 +192,7 @@ SAMPLERS = {
         noise=lambda d: (Noise("u", (d,), "uniform"),),
         params=_bernoulli_params,
         codes=_bernoulli_codes,
-        prior=lambda p: {"kind": "bernoulli", "probs": p["prior_probs"].tolist()},
+        prior=lambda p: {"kind": "bernoulli", "probs": p["prior_keys"].view(np.float32).tolist()},
     ),
     "ae-gmm": SamplerSpec(
         noise=lambda d: (Noise("u", (), "uniform"), Noise("eps", (d,), "normal")),
@@ -183,7 +201,7 @@ SAMPLERS = {
         prior=lambda p: {
             "kind": "gaussian-mixture",
             "components": int(p["means"].shape[0]),
-            "weights": np.diff(p["cum_weights"], prepend=0.0).tolist(),
+            "weights": np.diff(p["cum_keys"].view(np.float32), prepend=0.0, append=1.0).tolist(),
         },
     ),
 }
@@ -305,7 +323,7 @@ def _clone_body(layers, input_dim: int, name: str):
 
     copies = [type(layer).from_config(layer.get_config()) for layer in layers]
     net = keras.Sequential([keras.Input(shape=(input_dim,))] + copies, name=name)
-    for copy, layer in zip(copies, layers):
+    for copy, layer in zip(copies, layers, strict=True):
         copy.set_weights(layer.get_weights())
     return net
 
@@ -329,6 +347,10 @@ def export_module(model):
 
     The module owns copies of the weights as tracked variables (no closure
     over the Keras model), so a SavedModel of it carries every weight.
+
+    Returns:
+      ``(module, info)``: info holds the outputs' meaning, the noise inputs,
+      the weight count of each signature and the prior (for the manifest).
     """
     import tensorflow as tf
 
@@ -361,7 +383,7 @@ def export_module(model):
         ])
         def sample(self, *args):
             params = {k: tf.convert_to_tensor(v) for k, v in self.sampler_params.items()}
-            z = spec.codes(params, {n.name: a for n, a in zip(noise, args)})
+            z = spec.codes(params, {n.name: a for n, a in zip(noise, args, strict=True)})
             return {out_name: self._decode(z)}
 
         @tf.function(input_signature=[tf.TensorSpec([None, dim], tf.float32, name="x")])
@@ -369,7 +391,7 @@ def export_module(model):
             return to_posterior(self.encoder_net(x, training=False))
 
     module = Exported()
-    module.info = {
+    info = {
         "decoder_output": out_name,
         "decoder_meaning": meaning,
         "encoder_outputs": posterior_meaning,
@@ -382,7 +404,7 @@ def export_module(model):
         },
         "prior": spec.prior({k: v.numpy() for k, v in module.sampler_params.items()}),
     }
-    return module
+    return module, info
 
 
 def signature_functions(module) -> dict:
@@ -432,6 +454,12 @@ def check_builtin_ops(content: bytes, what: str = "the converted graph") -> list
         raise ExportError(
             f"{what} needs non-builtin ops {custom}: it would not run on a stock LiteRT "
             "runtime (Android, microcontrollers); the exported graph must use builtin ops only"
+        )
+    random = sorted(set(ops) & RANDOM_OPS)
+    if random:
+        raise ExportError(
+            f"{what} holds random ops {random}: exported graphs take their noise as an input "
+            "so that the same noise gives the same images everywhere"
         )
     return ops
 
@@ -540,10 +568,14 @@ def convert(saved_model_dir, signature: str, precision: str = "float32",
     try:
         content = converter.convert()
     except Exception as exc:  # ConverterError and friends: report what the converter said
-        message = str(exc).strip().splitlines()
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # "TF Select ops: MatrixInverse" names the non-builtin ops when that is the cause.
+        cause = [line for line in lines if "Select ops:" in line or "Custom ops:" in line]
+        detail = "; ".join(cause) if cause else (lines[0] if lines else "")
         raise ExportError(
             f"LiteRT conversion of {signature!r} at {precision} failed "
-            f"({type(exc).__name__}): {' '.join(message[-3:])[:600]}"
+            f"({type(exc).__name__}): {detail[:400]}; the exported graph must use "
+            "builtin LiteRT ops only"
         ) from None
     check_builtin_ops(content, f"{tflite_name(signature, precision)}")
     return content
@@ -562,9 +594,8 @@ def _random_inputs(signature_inputs: dict, n: int, seed: int) -> dict[str, np.nd
     return out
 
 
-def _signature_io(module) -> dict:
+def _signature_io(module, info) -> dict:
     """Manifest entries for each signature: inputs and outputs with shapes and dtypes."""
-    info = module.info
     fns = signature_functions(module)
     noise = {n.name: n for n in info["noise"]}
     out = {}
@@ -601,29 +632,11 @@ def _sha256(path: Path) -> str:
 
 
 def _versions() -> dict:
-    import platform
-
-    import ai_edge_litert
-    import tensorflow as tf
-    import tensorflow_probability as tfp
-    import tf_keras
-
-    import tfvae
-
     from importlib import metadata
 
-    try:
-        litert = metadata.version("ai-edge-litert")
-    except metadata.PackageNotFoundError:  # pragma: no cover - installed without metadata
-        litert = getattr(ai_edge_litert, "__version__", "unknown")
-    return {
-        "tfvae": tfvae.__version__,
-        "tensorflow": tf.__version__,
-        "tensorflow_probability": tfp.__version__,
-        "tf_keras": tf_keras.__version__,
-        "ai_edge_litert": litert,
-        "python": platform.python_version(),
-    }
+    from tfvae.training import _versions as library_versions
+
+    return {**library_versions(), "ai_edge_litert": metadata.version("ai-edge-litert")}
 
 
 def _as_tuple(value, allowed, what) -> tuple[str, ...]:
@@ -737,8 +750,8 @@ def export(
     precisions = _as_tuple(precisions, PRECISIONS, "precision")
     out = Path(out)
     _prepare_out(out, overwrite)
-    module = export_module(model)
-    io = _signature_io(module)
+    module, info = export_module(model)
+    io = _signature_io(module, info)
 
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -769,7 +782,7 @@ def export(
         del loaded
         if "savedmodel" not in formats:
             shutil.rmtree(saved)
-        manifest = _manifest(model, module, io, formats, precisions, int8_mode, run_info, stage)
+        manifest = _manifest(model, info, io, formats, precisions, int8_mode, run_info, stage)
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         if out.exists() and any(out.iterdir()):
             _remove_previous(out)
@@ -820,8 +833,7 @@ def _check_outputs(content, inputs, reference, precision, name) -> None:
             )
 
 
-def _manifest(model, module, io, formats, precisions, int8_mode, run_info, stage) -> dict:
-    info = module.info
+def _manifest(model, info, io, formats, precisions, int8_mode, run_info, stage) -> dict:
     run_info = run_info or {}
     files = {}
     for path in sorted(p for p in stage.rglob("*") if p.is_file()):

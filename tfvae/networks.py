@@ -134,7 +134,9 @@ def encoder_body(input_dim: int, hidden, arch: str = "mlp", image_shape=None) ->
     return body
 
 
-def decoder_body(latent_dim: int, hidden, output_size: int, arch: str = "mlp", image_shape=None) -> list:
+def decoder_body(
+    latent_dim: int, hidden, output_size: int, arch: str = "mlp", image_shape=None
+) -> list:
     """Layers mapping a latent code to ``output_size`` distribution parameters."""
     body = [layers.InputLayer(input_shape=(latent_dim,))]
     body += [layers.Dense(units, activation="relu") for units in hidden]

@@ -6,6 +6,9 @@ A run directory holds::
     run.json                    status, epochs completed, best epoch, data, versions
     checkpoints/last.weights.h5 weights after the last completed epoch
     checkpoints/best.weights.h5 weights with the best validation loss
+    checkpoints/state/          full training state of the last epoch (weights,
+                                optimizer, estimator state), for --resume
+    checkpoints/resume.json     pointer to that state, epoch, metric history
     metrics.csv, metrics.json   per-epoch training and validation metrics
     evaluation.json             test-split figures after training
     tensorboard/                TensorBoard logs
@@ -30,6 +33,7 @@ STATUS = "run.json"
 CHECKPOINTS = "checkpoints"
 LAST = "last.weights.h5"
 BEST = "best.weights.h5"
+RESUME = "resume.json"
 METRICS_CSV = "metrics.csv"
 METRICS_JSON = "metrics.json"
 EVALUATION = "evaluation.json"
@@ -108,7 +112,9 @@ def check_run_dir(run_dir) -> Path:
     """Returns the run directory as a Path, or raises RunDirError saying what is wrong."""
     run_dir = Path(run_dir)
     if not run_dir.exists():
-        raise RunDirError(f"run directory {run_dir} does not exist; give the --out of a tfvae train")
+        raise RunDirError(
+            f"run directory {run_dir} does not exist; give the --out of a tfvae train"
+        )
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir} is not a directory; give a tfvae run directory")
     if not (run_dir / CONFIG).is_file():

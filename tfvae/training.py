@@ -89,10 +89,12 @@ def load_data(config: Config):
     return dataset, splits
 
 
-def _callbacks(model, config: Config, out: Path, has_val: bool):
+def _callbacks(model, config: Config, out: Path, has_val: bool, state: dict, data_info: dict):
+    """Warm-up, the run recorder (metrics, checkpoints, guard) and TensorBoard."""
     from tfvae._keras import keras, tf
 
     monitor = "val_loss" if has_val else "loss"
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
 
     class KLWarmup(keras.callbacks.Callback):
         """Linear KL warm-up over ``epochs`` epochs (Bowman et al. 2016)."""
@@ -102,14 +104,23 @@ def _callbacks(model, config: Config, out: Path, has_val: bool):
             model.kl_weight.assign(weight)
 
     class RunRecorder(keras.callbacks.Callback):
-        """Per-epoch metrics (CSV + JSON), last/best checkpoints, non-finite guard."""
+        """Per-epoch metrics (CSV + JSON), full checkpoints, non-finite guard.
+
+        Every completed epoch writes, in this order: the full training state
+        (weights, optimizer slots, estimator state such as the moving-average
+        baseline) under a new checkpoint prefix, ``last``/``best`` weights
+        through temporary files and renames, the metrics, and last the
+        ``resume.json`` pointer. A crash at any point leaves the previous
+        epoch's pointer, and the files it names, intact.
+        """
 
         def __init__(self):
             super().__init__()
-            self.history: list[dict] = []
-            self.best = math.inf
-            self.best_epoch = None
+            self.history: list[dict] = list(state.get("history", []))
+            self.best = state.get("best", math.inf)
+            self.best_epoch = state.get("best_epoch")
             self.bad = None
+            self.epoch = state.get("epoch", 0)
             self.t0 = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
@@ -131,24 +142,34 @@ def _callbacks(model, config: Config, out: Path, has_val: bool):
                 return  # keep the last good checkpoint
             row = {"epoch": epoch + 1, "seconds": time.perf_counter() - self.t0, **logs}
             self.history.append(row)
-            runs.atomic_save_weights(self.model, out / runs.CHECKPOINTS / runs.LAST)
+            folder = out / runs.CHECKPOINTS
+            prefix = f"state/epoch-{epoch + 1:04d}"
+            checkpoint.write(str(folder / prefix))
+            runs.atomic_save_weights(self.model, folder / runs.LAST)
             if logs.get(monitor, math.inf) < self.best:
                 self.best = logs[monitor]
                 self.best_epoch = epoch + 1
-                runs.atomic_save_weights(self.model, out / runs.CHECKPOINTS / runs.BEST)
+                runs.atomic_save_weights(self.model, folder / runs.BEST)
             runs.atomic_write_json(out / runs.METRICS_JSON, self.history)
             columns = list(self.history[0])
             lines = [",".join(columns)] + [
                 ",".join(repr(h.get(c, "")) for c in columns) for h in self.history
             ]
             runs.atomic_write_text(out / runs.METRICS_CSV, "\n".join(lines) + "\n")
-            _write_status(out, config, "training", self.history, self.best_epoch, monitor)
+            runs.atomic_write_json(folder / runs.RESUME, {
+                "epoch": epoch + 1, "prefix": prefix, "history": self.history,
+                "best": self.best, "best_epoch": self.best_epoch, "monitor": monitor,
+            })
+            for old in (folder / "state").glob("epoch-*"):
+                if not old.name.startswith(f"epoch-{epoch + 1:04d}."):
+                    old.unlink()
+            _write_status(out, config, "training", self.history, self.best_epoch, monitor,
+                          data=data_info)
 
     recorder = RunRecorder()
     tensorboard = keras.callbacks.TensorBoard(
         log_dir=str(out / runs.TENSORBOARD), profile_batch=0, write_graph=False
     )
-    del tf
     return recorder, [KLWarmup(), recorder, tensorboard]
 
 
@@ -198,6 +219,7 @@ def train(
     verbose: int = 2,
     callbacks=None,
     figures: bool = True,
+    resume: str | Path | None = None,
     **overrides,
 ):
     """Trains a model as a Config says and writes a run directory.
@@ -210,26 +232,72 @@ def train(
       verbose: Keras ``fit`` verbosity (1 progress bar, 2 one line per epoch, 0 none).
       callbacks: extra ``tfvae.keras`` callbacks.
       figures: write PNG figures after training.
+      resume: a run directory to continue from its last completed epoch
+        (weights, optimizer and estimator state, metrics); ``config`` and
+        ``out`` must then be left out, and only ``epochs`` may be overridden
+        (to train longer).
 
     Returns:
       A :class:`tfvae.runs.Run` for the best checkpoint, with the test-split
       evaluation in ``run.evaluation``.
+
+    Raises:
+      TrainingError: the loss became non-finite; the run keeps its last good
+        epoch and can be resumed.
     """
     import dataclasses
 
-    from tfvae import data as data_lib
-    from tfvae._keras import keras
-
+    if resume is not None:
+        return _resume(resume, verbose, callbacks, figures, **overrides)
     config = dataclasses.replace(config or Config(), **overrides)
     dataset, splits = load_data(config)
     out = _prepare_out(out if out is not None else default_out(config))
     runs.atomic_write_text(out / runs.CONFIG, config.to_json() + "\n")
+    return _fit(config, out, dataset, splits, {}, verbose, callbacks, figures)
 
-    keras.utils.set_random_seed(config.seed)
+
+def _resume(run_dir, verbose, callbacks, figures, **overrides):
+    import dataclasses
+
+    unknown = sorted(set(overrides) - {"epochs"})
+    if unknown:
+        raise ConfigError(
+            f"a resumed run keeps its configuration; only epochs can change, got {unknown}"
+        )
+    out = runs.check_run_dir(run_dir)
+    config = dataclasses.replace(runs.load_config(out), **overrides)
+    state_path = out / runs.CHECKPOINTS / runs.RESUME
+    if not state_path.is_file():
+        raise RunDirError(
+            f"{out} has no completed epoch to resume from; start a new run with tfvae train"
+        )
+    state = runs.read_json(state_path, "resume state")
+    if state.get("epoch", 0) >= config.epochs:
+        raise RunDirError(
+            f"{out} already completed all {config.epochs} epochs; "
+            "pass a larger --epochs to train longer"
+        )
+    runs.atomic_write_text(out / runs.CONFIG, config.to_json() + "\n")
+    dataset, splits = load_data(config)
+    return _fit(config, out, dataset, splits, state, verbose, callbacks, figures)
+
+
+def _fit(config, out, dataset, splits, state, verbose, callbacks, figures):
+    from tfvae import data as data_lib
+    from tfvae._keras import keras, tf
+
+    initial_epoch = int(state.get("epoch", 0))
+    # A resumed run draws fresh, reproducible noise from (seed, epoch).
+    keras.utils.set_random_seed(config.seed + 1000 * initial_epoch)
+    if config.deterministic:
+        # Op determinism is process-wide in TensorFlow: the user asked for it.
+        tf.config.experimental.enable_op_determinism()
     model = compile_model(runs.build_model(config), config)
+    if initial_epoch:
+        _restore_state(model, out / runs.CHECKPOINTS / state["prefix"], out)
     train_ds = data_lib.make_pipeline(
         splits.train, splits.train_mode, config.batch_size, splits.levels,
-        shuffle=True, seed=config.seed,
+        shuffle=True, seed=config.seed + 1000 * initial_epoch,
     )
     val_ds = None
     if splits.val is not None and len(splits.val):
@@ -237,36 +305,54 @@ def train(
             splits.val, "none", min(config.batch_size, len(splits.val)), None,
             shuffle=False, seed=config.seed,
         )
-    recorder, cbs = _callbacks(model, config, out, val_ds is not None)
+    info = _data_info(dataset, splits)
+    recorder, cbs = _callbacks(model, config, out, val_ds is not None, state, info)
     monitor = "val_loss" if val_ds is not None else "loss"
-    _write_status(out, config, "training", [], None, monitor, data=_data_info(dataset, splits))
+    _write_status(out, config, "training", recorder.history, recorder.best_epoch, monitor,
+                  data=info)
     try:
         model.fit(
             train_ds,
             validation_data=val_ds,
             epochs=config.epochs,
+            initial_epoch=initial_epoch,
             verbose=verbose,
             callbacks=cbs + list(callbacks or []),
         )
     except KeyboardInterrupt:
         _write_status(out, config, "interrupted", recorder.history, recorder.best_epoch, monitor,
-                      data=_data_info(dataset, splits))
+                      data=info)
         raise
     if recorder.bad is not None:
         epoch, step = recorder.bad
         _write_status(out, config, "failed", recorder.history, recorder.best_epoch, monitor,
-                      data=_data_info(dataset, splits))
+                      data=info)
         where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
         kept = (
-            f"the checkpoint of epoch {len(recorder.history)} is kept in {out}"
+            f"the checkpoint of epoch {len(recorder.history)} is kept in {out} "
+            f"(resume from it with `tfvae train --resume {out}`)"
             if recorder.history else "no epoch finished, so no checkpoint was written"
         )
         raise TrainingError(
             f"training stopped: the loss became non-finite (NaN or inf) at {where}; {kept}. "
             "Try a lower --lr, --kl-warmup, or check the data for extreme values."
         )
-
     return finish_run(out, config, splits, dataset, figures=figures)
+
+
+def _restore_state(model, prefix: Path, out: Path) -> None:
+    from tfvae._keras import tf
+
+    # Create the optimizer's slots first so every saved value has a home.
+    model.optimizer.build(model.trainable_variables)
+    try:
+        status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(str(prefix))
+        status.assert_existing_objects_matched()
+    except (tf.errors.OpError, AssertionError, ValueError) as exc:
+        raise RunDirError(
+            f"the training state {prefix} in {out} cannot be restored "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0]}); start a new run"
+        ) from None
 
 
 def _data_info(dataset, splits) -> dict:
@@ -294,8 +380,8 @@ def finish_run(out: Path, config: Config, splits, dataset, figures: bool = True)
     runs.atomic_write_json(out / runs.EVALUATION, results)
     history = runs.read_json(out / runs.METRICS_JSON, "metrics")
     status = runs.read_json(out / runs.STATUS, "run status")
-    _write_status(out, config, "completed", history, status.get("best_epoch"), status.get("monitor"),
-                  data=_data_info(dataset, splits), test=results)
+    _write_status(out, config, "completed", history, status.get("best_epoch"),
+                  status.get("monitor"), data=_data_info(dataset, splits), test=results)
     if figures:
         write_figures(out, model, splits, history)
     return runs.load_run(out)

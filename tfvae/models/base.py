@@ -199,7 +199,7 @@ class LatentVariableModel(keras.Model):
         with tf.GradientTape() as tape:
             loss, values = self.objective(x, training=True)
         grads = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
         return self._update_metrics(loss, values)
 
     def test_step(self, data):

@@ -14,7 +14,6 @@ from tfvae._keras import keras, tf, tfd
 from tfvae.models.base import LatentVariableModel
 
 
-
 @keras.saving.register_keras_serializable(package="tfvae")
 class BernoulliVAE(LatentVariableModel):
     """Variational autoencoder with a factorised Bernoulli (binary) latent.
@@ -162,7 +161,8 @@ class BernoulliVAE(LatentVariableModel):
             initialized=tf.convert_to_tensor(self.baseline_initialized),
         )
 
-    def estimate(self, x, estimator=None, seed=None, training=True, state=None):
+    def estimate(self, x, estimator=None, seed=None, training=True, state=None,
+                 num_samples=None):
         """One batch's surrogate loss under an estimator, without changing any state.
 
         Args:
@@ -172,6 +172,7 @@ class BernoulliVAE(LatentVariableModel):
           seed: stateless seed (``[2]`` int32) or None.
           training: passed to the networks.
           state: a :class:`tfvae.estimators.State` to use instead of the model's.
+          num_samples: samples per example instead of the model's ``num_samples``.
 
         Returns:
           ``(estimate, kl)``: the :class:`tfvae.estimators.Estimate` and the
@@ -195,7 +196,7 @@ class BernoulliVAE(LatentVariableModel):
             kl=self.kl_weight * kl,
             kl_weight=tf.convert_to_tensor(self.kl_weight),
             seed=seed,
-            num_samples=self.num_samples,
+            num_samples=self.num_samples if num_samples is None else int(num_samples),
             decay=self.baseline_decay,
             input_baseline=input_baseline,
             normalize=self.nvil_normalize,

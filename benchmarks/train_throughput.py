@@ -1,0 +1,126 @@
+"""Training and IWAE-evaluation speed and peak memory, side by side with the peers.
+
+Settings of the peers (../shared/bench): 784-400-20 MLP, batch 128, Adam 1e-3,
+statically binarized Fashion-MNIST (60,000 training images, no validation
+carve-out). Each program runs in its own process so peak resident memory
+(``ru_maxrss`` of that process) is its own.
+
+    python benchmarks/train_throughput.py --epochs 3 --iwae-k 1000 \
+        --peer-python /path/to/torch-venv/bin/python
+
+Prints one JSON line per program: seconds/epoch (median of the epochs after
+the first, which includes tracing), images/s, peak memory in MiB and, with
+--iwae-k, the time of an IWAE evaluation of the 10,000 test images.
+Targets (issue 6): training images/s >= 1.2x the PyTorch peer for the
+Gaussian and the Bernoulli VAE; IWAE evaluation no slower than the peer's;
+peak memory <= 1.25x the PyTorch peer's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
+
+# Runs inside a fresh process: trains with tfvae.train (the default fast path)
+# and reports its own figures, then its own peak RSS.
+TFVAE_CHILD = r"""
+import json, resource, sys, tempfile, time
+from pathlib import Path
+opts = json.loads(sys.argv[1])
+import tfvae
+from tfvae.evaluation import evaluate
+from tfvae.training import load_data
+iwae_k = opts.pop("iwae_k_bench")
+with tempfile.TemporaryDirectory() as tmp:
+    run = tfvae.train(out=Path(tmp) / "run", verbose=0, figures=False, **opts)
+    secs = [h["seconds"] for h in run.history]
+    later = sorted(secs[1:]) or secs
+    median = later[len(later) // 2]
+    _, splits = load_data(run.config)
+    out = {"program": "tfvae", "model": opts["model"], "epochs": opts["epochs"],
+           "sec_per_epoch_median": median, "first_epoch_sec": secs[0],
+           "train_images_per_sec": len(splits.train) / median,
+           "test_elbo": run.evaluation["elbo"]}
+    if iwae_k:
+        t0 = time.perf_counter()
+        ev = evaluate(run.model, splits.test, k=iwae_k)
+        out["iwae_sec"] = time.perf_counter() - t0
+        out["test_iwae_k"] = iwae_k
+        out["test_log_likelihood_iwae"] = ev["log_likelihood"]
+out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+PEER_CHILD = r"""
+import json, resource, runpy, sys
+script, args = sys.argv[1], sys.argv[2:]
+sys.argv = [script] + args
+runpy.run_path(script, run_name="__main__")
+print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _last_json(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def run_tfvae(args, model: str) -> dict:
+    opts = dict(model=model, data_dir=args.data_dir, binarize="static", val_fraction=0.0,
+                epochs=args.epochs, latent_dim=20, hidden=[400], batch_size=128, lr=1e-3,
+                seed=0, iwae_k=1, iwae_k_bench=args.iwae_k if model == "gaussian" else 0)
+    if model == "bernoulli":
+        opts["estimator"] = "ema"
+    done = subprocess.run([sys.executable, "-c", TFVAE_CHILD, json.dumps(opts)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(done.stderr[-3000:])
+    return _last_json(done.stdout)[-1]
+
+
+def run_peer(args, script: str, extra: list[str]) -> dict:
+    cmd = [args.peer_python, "-c", PEER_CHILD, str(Path(args.bench_dir) / script),
+           "--data-dir", args.data_dir, "--epochs", str(args.epochs)] + extra
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(done.stderr[-3000:])
+    rows = _last_json(done.stdout)
+    result = {**rows[0], **rows[-1]}
+    result["program"] = "peer"
+    return result
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--iwae-k", type=int, default=0)
+    p.add_argument("--models", nargs="+", default=["gaussian", "bernoulli", "ae-gmm"])
+    p.add_argument("--peer-python", default=None)
+    p.add_argument("--bench-dir", default=str(DEFAULT_BENCH))
+    args = p.parse_args()
+    peers = {"gaussian": ("peer_torch_vae.py", ["--iwae-k", str(args.iwae_k)] if args.iwae_k
+                          else []),
+             "bernoulli": ("peer_torch_bvae.py", ["--latent", "20"])}
+    for model in args.models:
+        if args.peer_python and model in peers:
+            peer = run_peer(args, *peers[model])
+            peer["model"] = model
+            print(json.dumps(peer), flush=True)
+        ours = run_tfvae(args, model)
+        if args.peer_python and model in peers:
+            ours["images_per_sec_ratio_vs_peer"] = (
+                ours["train_images_per_sec"] / peer["train_images_per_sec"])
+            ours["peak_rss_ratio_vs_peer"] = ours["peak_rss_mib"] / peer["peak_rss_mib"]
+            if "iwae_sec" in ours and "iwae_sec" in peer:
+                ours["iwae_time_ratio_vs_peer"] = ours["iwae_sec"] / peer["iwae_sec"]
+        print(json.dumps(ours), flush=True)
+
+
+if __name__ == "__main__":
+    main()
