@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -66,12 +67,11 @@ def main(argv=None):
 
     tmp = Path(tempfile.mkdtemp(prefix="tfvae-bench-"))
     export.export(model, tmp / "export")
-    exported = export.ExportDir(tmp / "export")
 
     # The bare conversion: the same decoder weights as a Keras model, converted directly.
-    layers, _ = export._split_head(model.decoder)
+    layers, _ = export.split_head(model.decoder)
     head = keras.layers.Activation("sigmoid" if model.likelihood == "bernoulli" else "linear")
-    bare = export._clone_body(layers + [head], model.latent_dim, "bare_decoder")
+    bare = export.clone_body(layers + [head], model.latent_dim, "bare_decoder")
     bare_files = {}
     for precision in export.PRECISIONS:
         converter = tf.lite.TFLiteConverter.from_keras_model(bare)
@@ -149,6 +149,7 @@ def main(argv=None):
     summary["target"] = 1.1
     summary["model"] = f"{model.model_type} {model.input_dim}-{model.hidden}-{model.latent_dim}"
     print(json.dumps(summary), flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

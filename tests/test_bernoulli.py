@@ -105,8 +105,7 @@ def test_training_lowers_loss(trained):
 def test_evaluate_returns_named_metrics(trained, binary_images):
     model, before, _ = trained
     after = model.evaluate(binary_images, batch_size=256, verbose=0, return_dict=True)
-    assert set(after) >= {"loss", "elbo", "reconstruction", "kl", "baseline", "signal_mean",
-                          "signal_std"}
+    assert set(after) == {"loss", "elbo", "reconstruction", "kl"}  # no estimator at test time
     assert after["loss"] < before["loss"] - 50.0, (before, after)
 
 

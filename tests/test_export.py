@@ -37,13 +37,6 @@ def _available(family):
     return importlib.util.find_spec(FAMILIES[family]) is not None
 
 
-def _cli():
-    """The click group, whether tfvae_cli is installed or only the cli/ folder is on the path."""
-    if importlib.util.find_spec("tfvae_cli") is None:
-        sys.modules["tfvae_cli"] = importlib.import_module("cli")
-    return importlib.import_module("tfvae_cli.main").cli
-
-
 def tiny_model(family, images, latent=4):
     from tfvae import runs
     from tfvae._keras import keras
@@ -294,8 +287,8 @@ def test_out_must_be_empty_or_a_previous_export(exports, tmp_path):
 @pytest.mark.slow
 def test_cli_export_and_sample_across_backends(tiny_run, tmp_path):
     from click.testing import CliRunner
+    from tfvae_cli.main import cli
 
-    cli = _cli()
     runner = CliRunner()
     out = tmp_path / "exp"
     result = runner.invoke(cli, ["export", str(tiny_run), "--out", str(out),
@@ -352,3 +345,16 @@ def test_committed_reference_exports(family):
         assert decoded.shape == (2, 784)
     total = sum(p.stat().st_size for p in EXPORTED.rglob("*") if p.is_file())
     assert total < 10e6
+
+
+def test_full_integer_int8_with_representative_data(exports, binary_images, tmp_path):
+    model, _, _ = exports("gaussian")
+    out = tmp_path / "full-int8"
+    manifest = export.export(model, out, formats="tflite", precisions="int8",
+                             representative=binary_images[:32])
+    assert manifest["int8"] == "full-integer"
+    inputs = fresh_inputs(model, "sample", binary_images)
+    images = export.ExportDir(out).run("sample", inputs, precision="int8")["image"]
+    err = float(np.max(np.abs(images - export.sample_from_noise(model, inputs))))
+    MEASURED[("gaussian", "sample", "image", "tflite", "int8-full-integer")] = err
+    assert err <= TOLERANCE["int8"]

@@ -307,7 +307,7 @@ ENCODER_HEADS = {
 }
 
 
-def _split_head(net):
+def split_head(net):
     """``(deterministic layers, name of the distribution layer or None)`` of a Sequential."""
     from tfvae._keras import tfpl
 
@@ -317,7 +317,7 @@ def _split_head(net):
     return layers, None
 
 
-def _clone_body(layers, input_dim: int, name: str):
+def clone_body(layers, input_dim: int, name: str):
     """A new Sequential with copies of ``layers`` and their current weights."""
     from tfvae._keras import keras
 
@@ -355,8 +355,8 @@ def export_module(model):
     import tensorflow as tf
 
     spec = sampler_spec(model.model_type)
-    decoder_layers, decoder_head = _split_head(model.decoder)
-    encoder_layers, encoder_head = _split_head(model.encoder)
+    decoder_layers, decoder_head = split_head(model.decoder)
+    encoder_layers, encoder_head = split_head(model.encoder)
     out_name, meaning, to_output = _lookup(DECODER_HEADS, decoder_head, "a decoder")
     to_posterior, posterior_meaning = _lookup(ENCODER_HEADS, encoder_head, "an encoder")
     latent, dim = int(model.latent_dim), int(model.input_dim)
@@ -365,8 +365,8 @@ def export_module(model):
     class Exported(tf.Module):
         def __init__(self):
             super().__init__(name=f"tfvae_{model.model_type.replace('-', '_')}")
-            self.decoder_net = _clone_body(decoder_layers, latent, "decoder")
-            self.encoder_net = _clone_body(encoder_layers, dim, "encoder")
+            self.decoder_net = clone_body(decoder_layers, latent, "decoder")
+            self.encoder_net = clone_body(encoder_layers, dim, "encoder")
             self.sampler_params = {
                 k: tf.Variable(v, trainable=False, name=k) for k, v in spec.params(model).items()
             }

@@ -293,6 +293,7 @@ def _fit(config, out, dataset, splits, state, verbose, callbacks, figures):
         # Op determinism is process-wide in TensorFlow: the user asked for it.
         tf.config.experimental.enable_op_determinism()
     model = compile_model(runs.build_model(config), config)
+    model.reseed(config.seed)
     if initial_epoch:
         _restore_state(model, out / runs.CHECKPOINTS / state["prefix"], out)
     train_ds = data_lib.make_pipeline(

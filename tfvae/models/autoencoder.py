@@ -211,7 +211,7 @@ class Autoencoder(LatentVariableModel):
         return tfd.kl_divergence(tfd.Normal(self.code(x), self.proposal_scale), marginal)
 
     # -------------------------------------------------------------- training
-    def objective(self, x, training=True):
+    def objective(self, x, training=True, seed=None):
         """Mean ``-log p(x|enc(x))``; ``kl`` is reported as 0 (no latent prior in training)."""
         reconstruction = objectives.distortion(
             self.decode(self.code(x, training=training), training=training), x

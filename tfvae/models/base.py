@@ -89,6 +89,10 @@ class LatentVariableModel(keras.Model):
         # KL weight for warm-up (Bowman et al. 2016); 1 gives the ELBO. Kept in a
         # non-trainable variable so a callback can change it without retracing.
         self.kl_weight = tf.Variable(1.0, trainable=False, name="kl_weight")
+        # Training noise comes from stateless ops seeded by this generator: XLA's
+        # stateful random ops are not reproducible, while the generator's state
+        # is a variable that checkpoints (and so resumes) with the model.
+        self.seed_generator = tf.random.Generator.from_seed(0)
         self._trackers = {
             name: keras.metrics.Mean(name=name) for name in BASE_METRICS + self.extra_metrics
         }
@@ -163,14 +167,28 @@ class LatentVariableModel(keras.Model):
         raise NotImplementedError
 
     # -------------------------------------------------------------- training
-    def objective(self, x, training=True):
+    def reseed(self, seed: int) -> None:
+        """Restarts the training noise: the same seed gives the same draws."""
+        self.seed_generator.reset_from_seed(int(seed))
+
+    def next_seed(self):
+        """A fresh stateless seed (``[2]`` int32) from the model's generator."""
+        return tf.cast(self.seed_generator.make_seeds(1)[:, 0], tf.int32)
+
+    def objective(self, x, training=True, seed=None):
         """The training loss and the metrics of one batch.
+
+        Args:
+          x: ``[batch, D]`` data.
+          training: passed to the networks.
+          seed: stateless seed of this batch's draws (``train_step`` passes
+            one from :meth:`next_seed`).
 
         Returns:
           ``(loss, metrics)``: a scalar to minimise and a dict of ``[batch]``
           tensors (or scalars) named as in ``metrics_names``.
         """
-        terms = self.elbo_terms(x, training=training)
+        terms = self.elbo_terms(x, seed=seed, training=training)
         loss = tf.reduce_mean(terms["reconstruction"] + self.kl_weight * terms["kl"])
         return loss, {"reconstruction": terms["reconstruction"], "kl": terms["kl"]}
 
@@ -185,7 +203,9 @@ class LatentVariableModel(keras.Model):
         for name, value in values.items():
             if name in self._trackers:
                 self._trackers[name].update_state(value)
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
+        # Only what this step measured: test_step has no estimator metrics.
+        shown = set(BASE_METRICS) | set(values)
+        return {name: t.result() for name, t in self._trackers.items() if name in shown}
 
     @staticmethod
     def _unpack(data):
@@ -196,15 +216,16 @@ class LatentVariableModel(keras.Model):
 
     def train_step(self, data):
         x = self._unpack(data)
+        seed = self.next_seed()
         with tf.GradientTape() as tape:
-            loss, values = self.objective(x, training=True)
+            loss, values = self.objective(x, training=True, seed=seed)
         grads = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
         return self._update_metrics(loss, values)
 
     def test_step(self, data):
         x = self._unpack(data)
-        terms = self.elbo_terms(x, training=False)
+        terms = self.elbo_terms(x, seed=self.next_seed(), training=False)
         values = {"reconstruction": terms["reconstruction"], "kl": terms["kl"]}
         loss = tf.reduce_mean(terms["reconstruction"] + terms["kl"])
         return self._update_metrics(loss, values)

@@ -203,7 +203,7 @@ class BernoulliVAE(LatentVariableModel):
         )
         return fn(problem, self.estimator_state if state is None else state), kl
 
-    def objective(self, x, training=True):
+    def objective(self, x, training=True, seed=None):
         """Surrogate loss of the model's estimator; updates the estimator state.
 
         Returns:
@@ -212,7 +212,7 @@ class BernoulliVAE(LatentVariableModel):
           single-sample ``reconstruction`` and ``kl`` and the learning signal's
           ``baseline``, ``signal_mean`` and ``signal_std``.
         """
-        est, kl = self.estimate(x, training=training)
+        est, kl = self.estimate(x, seed=seed, training=training)
         for field, value in est.updates.items():
             getattr(self, f"baseline_{field}").assign(value)
         signal = tf.reshape(est.signal, [-1])
