@@ -236,10 +236,13 @@ def test_extras_round_trip(trained, data, tmp_path):
     assert evaluate(clone, x, k=10) == evaluate(model, x, k=10)
 
 
-def test_load_extras_without_files_leaves_the_model_unfitted(tmp_path):
+def test_load_extras_without_files_is_an_error(tmp_path):
     model = make_model()
-    model.load_extras(tmp_path)
+    with pytest.raises(RunDirError, match="gmm"):
+        model.load_extras(tmp_path)
     assert not model.fitted
+    with pytest.raises(TfvaeError, match="post_fit"):
+        evaluate(model, np.zeros((2, 784), np.float32), k=2)
 
 
 @pytest.mark.parametrize("name", ["gmm.npz", "gmm.json", PROPOSAL_FILE])

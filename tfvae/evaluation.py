@@ -77,6 +77,7 @@ def evaluate(
     if isinstance(batch_size, bool) or int(batch_size) <= 0:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     k = int(k)
+    model.check_ready()  # eagerly: a clear error rather than one from inside a trace
     x = _as_float_matrix(data, model.input_dim)
     n = len(x)
 

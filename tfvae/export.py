@@ -634,7 +634,7 @@ def _sha256(path: Path) -> str:
 def _versions() -> dict:
     from importlib import metadata
 
-    from tfvae.training import _versions as library_versions
+    from tfvae.training import versions as library_versions
 
     return {**library_versions(), "ai_edge_litert": metadata.version("ai-edge-litert")}
 
@@ -920,7 +920,7 @@ def representative_images(config, n: int) -> np.ndarray:
 
     config = dc.replace(config)
     _, splits = training.load_data(config)
-    return training._train_float(splits, config.seed, limit=n)
+    return training.train_float(splits, config.seed, limit=n)
 
 
 # ---------------------------------------------------------------- loading

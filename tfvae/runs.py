@@ -164,12 +164,14 @@ def build_model(config):
     return cls(**cls.config_kwargs(config))
 
 
-def load_model(run_dir, which: str = "best"):
+def load_model(run_dir, which: str = "best", extras: bool = True):
     """Rebuilds the model of a run from its config and loads its weights.
 
     Args:
       run_dir: a tfvae run directory.
       which: ``"best"`` (lowest validation loss) or ``"last"`` (last completed epoch).
+      extras: also load what the model keeps outside its weights (the
+        autoencoder's mixture); training turns this off before it fits them.
     """
     run_dir = check_run_dir(run_dir)
     config = load_config(run_dir)
@@ -190,7 +192,8 @@ def load_model(run_dir, which: str = "best"):
             f"checkpoint {ckpt} cannot be read ({type(exc).__name__}: {exc}); "
             "it is corrupt or from another model configuration"
         ) from None
-    model.load_extras(run_dir)
+    if extras:
+        model.load_extras(run_dir)
     return model, config
 
 

@@ -173,7 +173,7 @@ def _callbacks(model, config: Config, out: Path, has_val: bool, state: dict, dat
     return recorder, [KLWarmup(), recorder, tensorboard]
 
 
-def _versions() -> dict:
+def versions() -> dict:
     import tensorflow as tf
     import tensorflow_probability as tfp
     import tf_keras
@@ -199,7 +199,7 @@ def _write_status(out, config, status, history, best_epoch, monitor, **extra):
             "epochs_planned": config.epochs,
             "best_epoch": best_epoch,
             "monitor": monitor,
-            "versions": _versions(),
+            "versions": versions(),
             **extra,
         },
     )
@@ -371,9 +371,9 @@ def finish_run(out: Path, config: Config, splits, dataset, figures: bool = True)
     """Loads the best checkpoint, fits extras, evaluates on test, writes figures."""
     from tfvae.evaluation import evaluate
 
-    model, _ = runs.load_model(out, "best")
-    train_float = _train_float(splits, config.seed)
-    model.post_fit(train_float, seed=config.seed)
+    model, _ = runs.load_model(out, "best", extras=False)
+    train_float_x = train_float(splits, config.seed)
+    model.post_fit(train_float_x, seed=config.seed)
     model.save_extras(out)
     results = evaluate(model, splits.test, k=config.iwae_k, seed=config.seed)
     if config.model == "bernoulli" and config.estimator == "vimco":
@@ -388,7 +388,7 @@ def finish_run(out: Path, config: Config, splits, dataset, figures: bool = True)
     return runs.load_run(out)
 
 
-def _train_float(splits, seed: int, limit: int = 20000) -> np.ndarray:
+def train_float(splits, seed: int, limit: int = 20000) -> np.ndarray:
     """A float copy of (up to ``limit`` rows of) the training split, as the model sees it."""
     from tfvae import data as data_lib
 

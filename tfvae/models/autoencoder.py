@@ -152,6 +152,9 @@ class Autoencoder(LatentVariableModel):
         if not self.fitted:
             raise MixtureNotFittedError(_NOT_FITTED)
 
+    def check_ready(self) -> None:
+        self._require_fitted()
+
     def prior(self):
         """The fitted mixture ``p(z)`` as ``tfd.MixtureSameFamily`` (event ``[latent]``)."""
         return self._require_mixture().distribution()
@@ -389,13 +392,11 @@ class Autoencoder(LatentVariableModel):
         )
 
     def load_extras(self, run_dir) -> None:
-        """Loads the mixture and proposal; leaves the model unfitted when there are none.
-
-        A run loaded before :meth:`post_fit` ran (no mixture files at all) is
-        valid: the generation and evaluation hooks then say to fit the mixture.
+        """Loads the mixture and proposal that :meth:`save_extras` wrote.
 
         Raises:
-          RunDirError: some of the files exist but one is missing or corrupt.
+          RunDirError: a file is missing or corrupt (a run whose training
+            finished always has all of them).
         """
         from tfvae import gmm
         from tfvae.runs import read_json
@@ -403,8 +404,6 @@ class Autoencoder(LatentVariableModel):
         run_dir = Path(run_dir)
         names = (gmm.JSON_NAME, gmm.NPZ_NAME, PROPOSAL_FILE)
         present = [(run_dir / name).exists() for name in names]
-        if not any(present):
-            return
         for name, here in zip(names, present, strict=True):
             if not here:
                 raise RunDirError(

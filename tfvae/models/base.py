@@ -278,6 +278,9 @@ class LatentVariableModel(keras.Model):
         """Constructor keyword arguments from a :class:`tfvae.config.Config`."""
         return config.model_kwargs()
 
+    def check_ready(self) -> None:
+        """Raises a TfvaeError if the model cannot be evaluated or sampled yet."""
+
     def post_fit(self, x_train, seed: int = 0) -> None:
         """Called by :func:`tfvae.train` after ``fit`` (the AE fits its mixture here)."""
 
