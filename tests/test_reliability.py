@@ -159,3 +159,15 @@ def test_deterministic_switch_gives_identical_metrics(tmp_path):
     b = tfvae.train(out=tmp_path / "b", **kwargs)
     assert a.history[0]["loss"] == b.history[0]["loss"]
     assert a.evaluation == b.evaluation
+
+
+def test_manifest_paths_must_stay_inside_the_export(tmp_path):
+    import json
+
+    from tfvae.errors import RunDirError
+    from tfvae.export import FORMAT, read_manifest
+
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"format": FORMAT, "files": {"../../etc/passwd": {"sha256": "0", "bytes": 1}}}))
+    with pytest.raises(RunDirError, match="outside its directory"):
+        read_manifest(tmp_path)

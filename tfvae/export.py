@@ -673,6 +673,14 @@ def read_manifest(path) -> dict:
         raise RunDirError(f"{manifest} is corrupt (not valid JSON: {exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise RunDirError(f"{manifest} is not a tfvae export manifest")
+    files = data.get("files")
+    if not isinstance(files, dict):
+        raise RunDirError(f"{manifest} is corrupt: it has no 'files' table")
+    # Names in a manifest someone sent us must stay inside the export directory.
+    root = manifest.parent.resolve()
+    for name in files:
+        if not isinstance(name, str) or root not in (root / name).resolve().parents:
+            raise RunDirError(f"{manifest} names a file outside its directory: {name!r}")
     return data
 
 

@@ -372,8 +372,8 @@ def finish_run(out: Path, config: Config, splits, dataset, figures: bool = True)
     from tfvae.evaluation import evaluate
 
     model, _ = runs.load_model(out, "best", extras=False)
-    train_float_x = train_float(splits, config.seed)
-    model.post_fit(train_float_x, seed=config.seed)
+    if model.fits_on_training_data:
+        model.post_fit(train_float(splits, config.seed), seed=config.seed)
     model.save_extras(out)
     results = evaluate(model, splits.test, k=config.iwae_k, seed=config.seed)
     if config.model == "bernoulli" and config.estimator == "vimco":

@@ -90,6 +90,7 @@ class Autoencoder(LatentVariableModel):
     """
 
     model_type = "ae-gmm"
+    fits_on_training_data = True
 
     def __init__(self, *args, components=10, covariance: str = "full", **kwargs):
         super().__init__(*args, **kwargs)

@@ -49,6 +49,8 @@ class LatentVariableModel(keras.Model):
 
     model_type = "base"
     extra_metrics: tuple[str, ...] = ()
+    # Whether post_fit needs the training data (the AE fits its mixture on it).
+    fits_on_training_data = False
 
     def __init__(
         self,
