@@ -951,12 +951,18 @@ def make_pipeline(
         b = tf.cast(b, tf.float32)
         return b if scale == 1.0 else b / scale
 
-    ds = tf.data.Dataset.from_tensor_slices(x)
+    # One tensor copy of the rows; batches are gathered from it by shuffled
+    # indices. Shuffling indices (8 bytes each) rather than rows avoids a
+    # shuffle buffer holding a second copy of the data set, and gathering a
+    # batch at once is much cheaper than slicing rows one by one.
+    rows = tf.convert_to_tensor(x)
+    ds = tf.data.Dataset.range(n)
     if shuffle:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if repeat:
         ds = ds.repeat()
+    ds = ds.map(lambda i: tf.gather(rows, i))
 
     if mode in ("dynamic", "dequantize"):
         # One int64 per batch, new per iteration but reproducible for this seed.
