@@ -49,7 +49,7 @@ def evaluate(
     k: int = DEFAULT_K,
     batch_size: int = 500,
     seed: int = 0,
-    max_elements: int = 1 << 23,
+    max_elements: int = 1 << 21,
 ) -> dict:
     """Evaluates a trained model on data.
 

@@ -20,10 +20,12 @@ read by Keras into a model rebuilt from its config.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 from tfvae.errors import RunDirError
@@ -61,6 +63,16 @@ def model_class(name: str):
     return getattr(importlib.import_module(module), attribute)
 
 
+@contextlib.contextmanager
+def quiet_keras_lambda_warning():
+    """Hides tf_keras's warning about tfp layers' lambdas while weights are saved or
+    loaded: tf_keras serializes layer configs as metadata there, and nothing is
+    ever deserialized from that lambda (models are rebuilt from config.json)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The object being serialized includes")
+        yield
+
+
 def atomic_write_text(path, text: str) -> None:
     """Writes text to ``path`` through a temporary file and a rename."""
     path = Path(path)
@@ -85,7 +97,8 @@ def atomic_save_weights(model, path) -> None:
     """Saves weights to ``path`` (HDF5) so a crash never leaves a half-written file."""
     path = Path(path)
     tmp = path.with_name(f".tmp-{path.name}")  # same suffix: same Keras weights format
-    model.save_weights(str(tmp))
+    with quiet_keras_lambda_warning():
+        model.save_weights(str(tmp))
     os.replace(tmp, path)
 
 
@@ -186,7 +199,8 @@ def load_model(run_dir, which: str = "best", extras: bool = True):
         )
     model = build_model(config)
     try:
-        model.load_weights(str(ckpt))
+        with quiet_keras_lambda_warning():
+            model.load_weights(str(ckpt))
     except Exception as exc:  # h5py/Keras raise many types for a bad file
         raise RunDirError(
             f"checkpoint {ckpt} cannot be read ({type(exc).__name__}: {exc}); "
