@@ -171,3 +171,13 @@ def test_manifest_paths_must_stay_inside_the_export(tmp_path):
         {"format": FORMAT, "files": {"../../etc/passwd": {"sha256": "0", "bytes": 1}}}))
     with pytest.raises(RunDirError, match="outside its directory"):
         read_manifest(tmp_path)
+
+
+def test_export_of_a_run_that_never_finished_an_epoch(tmp_path, tiny_run):
+    run = tmp_path / "unfinished"
+    run.mkdir()
+    (run / "config.json").write_text((tiny_run / "config.json").read_text())
+    out = tmp_path / "export"
+    result = CliRunner().invoke(cli, ["export", str(run), "--out", str(out)])
+    assert result.exit_code != 0 and "never finished an epoch" in result.output
+    assert "Traceback" not in result.output and not out.exists()
