@@ -74,11 +74,17 @@ def cli():
 @click.option("--deterministic", is_flag=True,
               help="Turn on TensorFlow op determinism: same seed, same figures exactly "
               "(may be slower).")
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]),
+              default="default", show_default=True,
+              help="tf.distribute strategy: one device, every local GPU (mirrored), or "
+              "several machines described by TF_CONFIG (multiworker); --batch-size is the "
+              "global batch, split across replicas.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory to create [default: a new folder under runs/].")
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue the run in this directory from its last completed epoch "
-              "(other options are taken from its config; --epochs may raise the total).")
+              "(other options are taken from its config; --epochs may raise the total, "
+              "--strategy may change).")
 @handle_errors
 def train(out, resume, **options):
     """Train a model and write a run directory.
@@ -93,6 +99,7 @@ def train(out, resume, **options):
       tfvae train --data-dir /usr/share/datasets/fashion-mnist --binarize static
       tfvae train --dataset digits --likelihood gaussian --hidden 128
       tfvae train --resume runs/z2 --epochs 50
+      tfvae train --strategy mirrored --batch-size 512   # every local GPU
     """
     from tfvae.config import Config
     from tfvae.training import default_out
@@ -104,8 +111,9 @@ def train(out, resume, **options):
             raise click.ClickException("--resume continues a run in place; leave out --out")
         ctx = click.get_current_context()
         extra = {}
-        if ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE:
-            extra["epochs"] = options["epochs"]
+        for name in ("epochs", "strategy"):
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                extra[name] = options[name]
         click.echo(f"resuming run {resume}", err=True)
         _report(_train_interruptible(resume, train_run, resume=resume, verbose=verbose, **extra))
         return

@@ -21,6 +21,8 @@ ARCHS = ("mlp", "conv")
 BINARIZE = ("none", "static", "dynamic", "threshold")
 ESTIMATORS = ("reinforce", "ema", "nvil", "rloo", "disarm", "vimco")
 COVARIANCES = ("full", "tied", "diag", "spherical")
+# Keys of tfvae.distribute.STRATEGIES.
+STRATEGIES = ("default", "mirrored", "multiworker")
 
 # Config fields that describe the network (passed to the model constructor);
 # the others describe data and optimisation.
@@ -114,6 +116,8 @@ class Config:
     min_scale: float = 1e-3
     iwae_k: int = 100
     deterministic: bool = False
+    # tf.distribute strategy: "default" (one device), "mirrored", "multiworker".
+    strategy: str = "default"
     # Bernoulli-latent VAE.
     estimator: str = "ema"
     baseline_decay: float = 0.9
@@ -138,6 +142,7 @@ class Config:
         """Raises ConfigError naming the first invalid field and what to use instead."""
         _choice("model", self.model, MODELS)
         _choice("arch", self.arch, ARCHS)
+        _choice("strategy", self.strategy, STRATEGIES)
         _choice("estimator", self.estimator, ESTIMATORS)
         _choice("covariance", self.covariance, COVARIANCES)
         if self.likelihood is not None:

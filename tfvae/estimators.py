@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from tfvae._keras import tf, tfd, tfp
+from tfvae.distribute import global_mean
 
 
 class Problem(NamedTuple):
@@ -215,7 +216,8 @@ def ema(problem: Problem, state: State) -> Estimate:
     baseline = _first_batch_baseline(state, f)  # [] or [batch]
     signal = tf.stop_gradient(f) - baseline  # [batch]
     loss = _elbo_loss(f, _score_term(signal, log_q), problem.kl)
-    f_mean = tf.reduce_mean(tf.stop_gradient(f))
+    # Over the global batch, so every replica keeps the same baseline.
+    f_mean = global_mean(tf.stop_gradient(f))
     updates = {"mean": _running(state, f_mean, problem.decay), "initialized": tf.constant(1.0)}
     return Estimate(loss, f, signal, baseline, updates)
 
@@ -245,8 +247,9 @@ def nvil(problem: Problem, state: State) -> Estimate:
     regression = tf.square(tf.stop_gradient(f) - tf.stop_gradient(mean) - c)  # [batch]
     regression = regression - tf.stop_gradient(regression)
     loss = _elbo_loss(f, _score_term(signal, log_q), problem.kl) + tf.reduce_mean(regression)
-    new_mean = _running(state, tf.reduce_mean(centred), problem.decay)
-    batch_var = tf.reduce_mean(tf.square(centred - new_mean))
+    # Global-batch moments, so every replica keeps the same running mean and variance.
+    new_mean = _running(state, global_mean(centred), problem.decay)
+    batch_var = global_mean(tf.square(centred - new_mean))
     new_var = tf.where(
         state.initialized > 0, problem.decay * state.var + (1.0 - problem.decay) * batch_var,
         batch_var,

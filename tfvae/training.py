@@ -98,9 +98,18 @@ def load_data(config: Config):
     return dataset, splits
 
 
-def _callbacks(model, config: Config, out: Path, has_val: bool, state: dict, data_info: dict):
-    """Warm-up, the run recorder (metrics, checkpoints, guard) and TensorBoard."""
+def _callbacks(model, config: Config, out: Path, has_val: bool, state: dict, data_info: dict,
+               strategy=None):
+    """Warm-up, the run recorder (metrics, checkpoints, guard) and TensorBoard.
+
+    Under a multi-worker strategy every worker saves (saving is collective),
+    non-chief workers into a scratch folder they delete; only the chief writes
+    metrics, status and TensorBoard logs.
+    """
+    from tfvae import distribute
     from tfvae._keras import keras, tf
+
+    chief = distribute.is_chief(strategy)
 
     monitor = "val_loss" if has_val else "loss"
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
@@ -120,7 +129,8 @@ def _callbacks(model, config: Config, out: Path, has_val: bool, state: dict, dat
         baseline) under a new checkpoint prefix, ``last``/``best`` weights
         through temporary files and renames, the metrics, and last the
         ``resume.json`` pointer. A crash at any point leaves the previous
-        epoch's pointer, and the files it names, intact.
+        epoch's pointer, and the files it names, intact. A non-chief worker
+        saves the same way into a scratch folder and writes nothing else.
         """
 
         def __init__(self):
@@ -155,14 +165,18 @@ def _callbacks(model, config: Config, out: Path, has_val: bool, state: dict, dat
                 return  # keep the last good checkpoint
             row = {"epoch": epoch + 1, "seconds": time.perf_counter() - self.t0, **logs}
             self.history.append(row)
-            folder = out / runs.CHECKPOINTS
             prefix = f"state/epoch-{epoch + 1:04d}"
-            checkpoint.write(str(folder / prefix))
-            runs.atomic_save_weights(self.model, folder / runs.LAST)
-            if logs.get(monitor, math.inf) < self.best:
-                self.best = logs[monitor]
-                self.best_epoch = epoch + 1
-                runs.atomic_save_weights(self.model, folder / runs.BEST)
+            # Logs are reduced across workers, so all take the same branches here.
+            with distribute.scratch_dir(strategy) as scratch:
+                folder = out / runs.CHECKPOINTS if scratch is None else scratch
+                checkpoint.write(str(folder / prefix))
+                runs.atomic_save_weights(self.model, folder / runs.LAST)
+                if logs.get(monitor, math.inf) < self.best:
+                    self.best = logs[monitor]
+                    self.best_epoch = epoch + 1
+                    runs.atomic_save_weights(self.model, folder / runs.BEST)
+            if not chief:
+                return
             runs.atomic_write_json(out / runs.METRICS_JSON, self.history)
             columns = list(self.history[0])
             lines = [",".join(columns)] + [
@@ -180,6 +194,8 @@ def _callbacks(model, config: Config, out: Path, has_val: bool, state: dict, dat
                           data=data_info)
 
     recorder = RunRecorder()
+    if not chief:
+        return recorder, [KLWarmup(), recorder]
     tensorboard = keras.callbacks.TensorBoard(
         log_dir=str(out / runs.TENSORBOARD), profile_batch=0, write_graph=False
     )
@@ -256,12 +272,19 @@ def train(
       figures: write PNG figures after training.
       resume: a run directory to continue from its last completed epoch
         (weights, optimizer and estimator state, metrics); ``config`` and
-        ``out`` must then be left out, and only ``epochs`` may be overridden
-        (to train longer).
+        ``out`` must then be left out, and only ``epochs`` (to train longer)
+        and ``strategy`` may be overridden.
+
+    ``strategy="mirrored"`` trains on every local GPU and ``"multiworker"``
+    on the cluster that ``TF_CONFIG`` describes (see :mod:`tfvae.distribute`);
+    ``batch_size`` is then the global batch. In a multi-worker run every
+    worker runs the same call with the same ``out``; only the chief writes
+    the run directory (resuming needs it readable by every worker).
 
     Returns:
       A :class:`tfvae.runs.Run` for the best checkpoint, with the test-split
-      evaluation in ``run.evaluation``.
+      evaluation in ``run.evaluation``; None on the non-chief workers of a
+      multi-worker run.
 
     Raises:
       TrainingError: the loss became non-finite; the run keeps its last good
@@ -269,22 +292,31 @@ def train(
     """
     import dataclasses
 
+    from tfvae import distribute
+
     if resume is not None:
         return _resume(resume, verbose, callbacks, figures, **overrides)
     config = dataclasses.replace(config or Config(), **overrides)
+    # Before any other TensorFlow work: a multi-worker strategy sets up the cluster.
+    strategy = distribute.make_strategy(config.strategy)
     dataset, splits = load_data(config)
-    out = _prepare_out(out if out is not None else default_out(config))
-    runs.atomic_write_text(out / runs.CONFIG, config.to_json() + "\n")
-    return _fit(config, out, dataset, splits, {}, verbose, callbacks, figures)
+    out = Path(out if out is not None else default_out(config))
+    if distribute.is_chief(strategy):
+        _prepare_out(out)
+        runs.atomic_write_text(out / runs.CONFIG, config.to_json() + "\n")
+    return _fit(config, out, dataset, splits, {}, verbose, callbacks, figures, strategy)
 
 
 def _resume(run_dir, verbose, callbacks, figures, **overrides):
     import dataclasses
 
-    unknown = sorted(set(overrides) - {"epochs"})
+    from tfvae import distribute
+
+    unknown = sorted(set(overrides) - {"epochs", "strategy"})
     if unknown:
         raise ConfigError(
-            f"a resumed run keeps its configuration; only epochs can change, got {unknown}"
+            "a resumed run keeps its configuration; only epochs and strategy can change, "
+            f"got {unknown}"
         )
     out = runs.check_run_dir(run_dir)
     config = dataclasses.replace(runs.load_config(out), **overrides)
@@ -299,13 +331,16 @@ def _resume(run_dir, verbose, callbacks, figures, **overrides):
             f"{out} already completed all {config.epochs} epochs; "
             "pass a larger --epochs to train longer"
         )
-    runs.atomic_write_text(out / runs.CONFIG, config.to_json() + "\n")
+    strategy = distribute.make_strategy(config.strategy)
+    if distribute.is_chief(strategy):
+        runs.atomic_write_text(out / runs.CONFIG, config.to_json() + "\n")
     dataset, splits = load_data(config)
-    return _fit(config, out, dataset, splits, state, verbose, callbacks, figures)
+    return _fit(config, out, dataset, splits, state, verbose, callbacks, figures, strategy)
 
 
-def _fit(config, out, dataset, splits, state, verbose, callbacks, figures):
+def _fit(config, out, dataset, splits, state, verbose, callbacks, figures, strategy):
     from tfvae import data as data_lib
+    from tfvae import distribute
     from tfvae._keras import keras, tf
 
     initial_epoch = int(state.get("epoch", 0))
@@ -314,10 +349,12 @@ def _fit(config, out, dataset, splits, state, verbose, callbacks, figures):
     if config.deterministic:
         # Op determinism is process-wide in TensorFlow: the user asked for it.
         tf.config.experimental.enable_op_determinism()
-    model = compile_model(runs.build_model(config), config)
-    model.reseed(config.seed)
-    if initial_epoch:
-        _restore_state(model, out / runs.CHECKPOINTS / state["prefix"], out)
+    # Variables created and optimizer compiled under the scope are mirrored.
+    with strategy.scope():
+        model = compile_model(runs.build_model(config), config)
+        model.reseed(config.seed)
+        if initial_epoch:
+            _restore_state(model, out / runs.CHECKPOINTS / state["prefix"], out)
     train_ds = data_lib.make_pipeline(
         splits.train, splits.train_mode, config.batch_size, splits.levels,
         shuffle=True, seed=config.seed + 1000 * initial_epoch,
@@ -332,10 +369,12 @@ def _fit(config, out, dataset, splits, state, verbose, callbacks, figures):
     if not model.fits_on_training_data:
         # The pipeline holds its own tensor copy; the numpy one is not needed again.
         splits.train = np.empty((0,) + splits.train.shape[1:], splits.train.dtype)
-    recorder, cbs = _callbacks(model, config, out, val_ds is not None, state, info)
+    chief = distribute.is_chief(strategy)
+    recorder, cbs = _callbacks(model, config, out, val_ds is not None, state, info, strategy)
     monitor = "val_loss" if val_ds is not None else "loss"
-    _write_status(out, config, "training", recorder.history, recorder.best_epoch, monitor,
-                  data=info)
+    if chief:
+        _write_status(out, config, "training", recorder.history, recorder.best_epoch, monitor,
+                      data=info)
     try:
         model.fit(
             train_ds,
@@ -346,13 +385,15 @@ def _fit(config, out, dataset, splits, state, verbose, callbacks, figures):
             callbacks=cbs + list(callbacks or []),
         )
     except KeyboardInterrupt:
-        _write_status(out, config, "interrupted", recorder.history, recorder.best_epoch, monitor,
-                      data=info)
+        if chief:
+            _write_status(out, config, "interrupted", recorder.history, recorder.best_epoch,
+                          monitor, data=info)
         raise
     if recorder.bad is not None:
         epoch, step = recorder.bad
-        _write_status(out, config, "failed", recorder.history, recorder.best_epoch, monitor,
-                      data=info)
+        if chief:
+            _write_status(out, config, "failed", recorder.history, recorder.best_epoch, monitor,
+                          data=info)
         where = f"epoch {epoch + 1}"
         if step is not None:
             first, last = step[0] + 1, step[1] + 1
@@ -366,13 +407,16 @@ def _fit(config, out, dataset, splits, state, verbose, callbacks, figures):
             f"training stopped: the loss became non-finite (NaN or inf) at {where}; {kept}. "
             "Try a lower --lr, --kl-warmup, or check the data for extreme values."
         )
+    if not chief:
+        return None
     return finish_run(out, config, splits, dataset, figures=figures, data_info=info)
 
 
 def _restore_state(model, prefix: Path, out: Path) -> None:
     from tfvae._keras import tf
 
-    # Create the optimizer's slots first so every saved value has a home.
+    # Create the optimizer's slots first so every saved value has a home (under
+    # the caller's strategy scope, so they are mirrored like the weights).
     model.optimizer.build(model.trainable_variables)
     try:
         status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(str(prefix))

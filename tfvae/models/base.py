@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfvae import networks, objectives
+from tfvae import distribute, networks, objectives
 from tfvae._keras import keras, tf
 
 # Metrics every model reports, in nats per example.
@@ -221,7 +221,9 @@ class LatentVariableModel(keras.Model):
         seed = self.next_seed()
         with tf.GradientTape() as tape:
             loss, values = self.objective(x, training=True, seed=seed)
-        grads = tape.gradient(loss, self.trainable_variables)
+            # Under a strategy this replica's share of the global-batch mean.
+            scaled = distribute.replica_share(loss)
+        grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
         return self._update_metrics(loss, values)
 

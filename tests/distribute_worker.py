@@ -1,0 +1,76 @@
+"""Run by tests/test_distribute.py in a fresh process (logical devices and
+multi-worker clusters must be configured before TensorFlow starts).
+
+Usage:
+  python distribute_worker.py mirrored DATA.npy OUT_DIR RESULT.json
+    (one-device and mirrored runs of both VAEs, then a mirrored resume)
+  python distribute_worker.py multiworker DATA.npy OUT_DIR WEIGHTS.npz
+    (TF_CONFIG set by the caller)
+"""
+
+import json
+import sys
+
+import numpy as np
+
+TINY = dict(epochs=2, hidden=(32,), latent_dim=2, batch_size=64, iwae_k=10, seed=0,
+            figures=False, verbose=0)
+
+
+def replica_values(variable):
+    values = getattr(variable, "values", (variable,))
+    return [float(v.numpy()) for v in values]
+
+
+def mirrored(data, out, result_path):
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import tfvae
+
+    class Probe(tfvae.keras.callbacks.Callback):
+        """Records the replica count and each replica's copy of the baseline."""
+
+        def on_train_end(self, logs=None):
+            self.seen = {"replicas": self.model.distribute_strategy.num_replicas_in_sync}
+            if hasattr(self.model, "baseline_mean"):
+                self.seen["baseline"] = replica_values(self.model.baseline_mean)
+
+    results = {}
+    for model in ("gaussian", "bernoulli"):
+        for strategy in ("default", "mirrored"):
+            probe = Probe()
+            run = tfvae.train(model=model, data_dir=data, strategy=strategy,
+                              out=f"{out}/{model}-{strategy}", callbacks=[probe], **TINY)
+            history = json.load(open(run.path / "metrics.json"))
+            results[f"{model}-{strategy}"] = {
+                "loss": history[-1]["loss"], "test_elbo": run.evaluation["elbo"], **probe.seen,
+            }
+    # Resume the mirrored run for one more epoch, under the same strategy.
+    probe = Probe()
+    run = tfvae.train(resume=f"{out}/bernoulli-mirrored", epochs=3, callbacks=[probe],
+                      figures=False, verbose=0)
+    results["bernoulli-resumed"] = {
+        "epochs": len(json.load(open(run.path / "metrics.json"))), **probe.seen,
+    }
+    with open(result_path, "w") as f:
+        json.dump(results, f)
+
+
+def multiworker(data, out, weights_path):
+    import tfvae
+
+    final = {}
+
+    class Dump(tfvae.keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            final.update({f"w{i}": w for i, w in enumerate(self.model.get_weights())})
+
+    tfvae.train(model="bernoulli", data_dir=data, strategy="multiworker", out=out,
+                callbacks=[Dump()], **{**TINY, "epochs": 1})
+    np.savez(weights_path, **final)
+
+
+if __name__ == "__main__":
+    {"mirrored": mirrored, "multiworker": multiworker}[sys.argv[1]](*sys.argv[2:])
