@@ -459,7 +459,9 @@ def finish_run(out: Path, config: Config, splits, dataset, figures: bool = True,
                   test=results)
     if figures:
         write_figures(out, model, splits, history)
-    return runs.load_run(out)
+    # The model in hand is the best checkpoint with its extras: no need to rebuild it.
+    status = runs.read_json(out / runs.STATUS, "run status")
+    return runs.Run(path=out, config=config, model=model, status=status, history=history)
 
 
 def train_float(splits, seed: int, limit: int = 20000) -> np.ndarray:
