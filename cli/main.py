@@ -14,6 +14,8 @@ import sys
 
 import click
 from tfvae_cli.common import CONTEXT, data_options, handle_errors
+from tfvae_cli.diagnose import diagnose
+from tfvae_cli.export import export
 
 
 @click.group(context_settings=CONTEXT)
@@ -277,14 +279,8 @@ def sample(run_dir, n, out, seed, backend, precision, overwrite):
     click.echo(f"wrote {n} samples to {out}")
 
 
-from tfvae_cli.export import export as _export  # noqa: E402
-
-cli.add_command(_export)
-
-
-from tfvae_cli.diagnose import diagnose as _diagnose  # noqa: E402
-
-cli.add_command(_diagnose)
+cli.add_command(export)
+cli.add_command(diagnose)
 
 
 def main():

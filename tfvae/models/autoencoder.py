@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfvae import networks, objectives
+from tfvae import objectives
 from tfvae._keras import keras, tf, tfd
 from tfvae.errors import RunDirError, TfvaeError
 from tfvae.gmm import GMMSampler
@@ -98,13 +98,7 @@ class Autoencoder(LatentVariableModel):
         GMMSampler(n_components=components, covariance_type=covariance)
         self.components = components if components == "auto" else int(components)
         self.covariance = covariance
-        self.encoder = networks.build_encoder(
-            self.input_dim,
-            self.hidden,
-            (self.latent_dim, None),  # a deterministic code
-            arch=self.arch,
-            image_shape=self.image_shape,
-        )
+        self.encoder = self._build_encoder((self.latent_dim, None))  # a deterministic code
         self.decoder = self._build_decoder()
         self._mixture: GMMSampler | None = None
         self.proposal_scale: np.ndarray | None = None  # [latent] float32

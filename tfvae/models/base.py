@@ -106,6 +106,12 @@ class LatentVariableModel(keras.Model):
             return tuple(self.decoder_hidden)
         return tuple(reversed(self.hidden))
 
+    def _build_encoder(self, head):
+        """``x -> q(z|x)`` (or a code) ending in ``head`` from a ``networks.*_head``."""
+        return networks.build_encoder(
+            self.input_dim, self.hidden, head, arch=self.arch, image_shape=self.image_shape
+        )
+
     def _build_decoder(self):
         return networks.build_decoder(
             self.latent_dim,

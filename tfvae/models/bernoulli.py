@@ -88,13 +88,7 @@ class BernoulliVAE(LatentVariableModel):
         self.nvil_hidden = int(nvil_hidden)
         self.nvil_normalize = bool(nvil_normalize)
 
-        self.encoder = networks.build_encoder(
-            self.input_dim,
-            self.hidden,
-            networks.bernoulli_latent_head(self.latent_dim),
-            arch=self.arch,
-            image_shape=self.image_shape,
-        )
+        self.encoder = self._build_encoder(networks.bernoulli_latent_head(self.latent_dim))
         self.decoder = self._build_decoder()
         # NVIL's input-dependent baseline c(x): one tanh layer (Mnih & Gregor 2014, sec. 5).
         self.baseline_net = None

@@ -36,13 +36,7 @@ class GaussianVAE(LatentVariableModel):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.encoder = networks.build_encoder(
-            self.input_dim,
-            self.hidden,
-            networks.gaussian_latent_head(self.latent_dim),
-            arch=self.arch,
-            image_shape=self.image_shape,
-        )
+        self.encoder = self._build_encoder(networks.gaussian_latent_head(self.latent_dim))
         self.decoder = self._build_decoder()
         self._finish_build()
 
