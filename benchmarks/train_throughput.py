@@ -8,9 +8,14 @@ carve-out). Each program runs in its own process so peak resident memory
     python benchmarks/train_throughput.py --epochs 3 --iwae-k 1000 \
         --peer-python /path/to/torch-venv/bin/python
 
-Prints one JSON line per program: seconds/epoch (median of the epochs after
-the first, which includes tracing), images/s, peak memory in MiB and, with
---iwae-k, the time of an IWAE evaluation of the 10,000 test images.
+Prints one JSON line per program run: seconds/epoch (median of the epochs
+after the first, which includes tracing and compilation), images/s, peak
+memory in MiB of the training process (tfvae: measured right after
+``tfvae.train`` returns, so it includes the run's final test evaluation) and,
+with --iwae-k, the time of an IWAE evaluation of the 10,000 test images (and
+the peak after it). With --rounds N the peer and tfvae alternate N times, and
+a summary line per model gives the medians and their ratios: this machine's
+speed drifts by tens of percent over minutes, so single runs mislead.
 Targets (issue 6): training images/s >= 1.2x the PyTorch peer for the
 Gaussian and the Bernoulli VAE; IWAE evaluation no slower than the peer's;
 peak memory <= 1.25x the PyTorch peer's.
@@ -37,23 +42,28 @@ import tfvae
 from tfvae.evaluation import evaluate
 from tfvae.training import load_data
 iwae_k = opts.pop("iwae_k_bench")
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 with tempfile.TemporaryDirectory() as tmp:
+    c0 = time.process_time()
     run = tfvae.train(out=Path(tmp) / "run", verbose=0, figures=False, **opts)
     secs = [h["seconds"] for h in run.history]
     later = sorted(secs[1:]) or secs
     median = later[len(later) // 2]
-    _, splits = load_data(run.config)
+    n_train = run.status["data"]["train"]
     out = {"program": "tfvae", "model": opts["model"], "epochs": opts["epochs"],
            "sec_per_epoch_median": median, "first_epoch_sec": secs[0],
-           "train_images_per_sec": len(splits.train) / median,
-           "test_elbo": run.evaluation["elbo"]}
+           "train_images_per_sec": n_train / median,
+           "process_cpu_sec": time.process_time() - c0,
+           "test_elbo": run.evaluation["elbo"], "peak_rss_mib": peak()}
     if iwae_k:
+        _, splits = load_data(run.config)
         t0 = time.perf_counter()
         ev = evaluate(run.model, splits.test, k=iwae_k)
         out["iwae_sec"] = time.perf_counter() - t0
         out["test_iwae_k"] = iwae_k
         out["test_log_likelihood_iwae"] = ev["log_likelihood"]
-out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        out["peak_rss_with_iwae_mib"] = peak()
 print(json.dumps(out))
 """
 
@@ -95,11 +105,18 @@ def run_peer(args, script: str, extra: list[str]) -> dict:
     return result
 
 
+def _median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--iwae-k", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="alternate peer and tfvae runs this many times; ratios use medians")
     p.add_argument("--models", nargs="+", default=["gaussian", "bernoulli", "ae-gmm"])
     p.add_argument("--peer-python", default=None)
     p.add_argument("--bench-dir", default=str(DEFAULT_BENCH))
@@ -108,18 +125,27 @@ def main():
                           else []),
              "bernoulli": ("peer_torch_bvae.py", ["--latent", "20"])}
     for model in args.models:
-        if args.peer_python and model in peers:
-            peer = run_peer(args, *peers[model])
-            peer["model"] = model
-            print(json.dumps(peer), flush=True)
-        ours = run_tfvae(args, model)
-        if args.peer_python and model in peers:
-            ours["images_per_sec_ratio_vs_peer"] = (
-                ours["train_images_per_sec"] / peer["train_images_per_sec"])
-            ours["peak_rss_ratio_vs_peer"] = ours["peak_rss_mib"] / peer["peak_rss_mib"]
-            if "iwae_sec" in ours and "iwae_sec" in peer:
-                ours["iwae_time_ratio_vs_peer"] = ours["iwae_sec"] / peer["iwae_sec"]
-        print(json.dumps(ours), flush=True)
+        has_peer = bool(args.peer_python) and model in peers
+        mine, theirs = [], []
+        for _ in range(args.rounds):
+            if has_peer:
+                peer = run_peer(args, *peers[model])
+                peer["model"] = model
+                theirs.append(peer)
+                print(json.dumps(peer), flush=True)
+            ours = run_tfvae(args, model)
+            mine.append(ours)
+            print(json.dumps(ours), flush=True)
+        if not has_peer:
+            continue
+        summary = {"summary": model, "rounds": args.rounds}
+        for key, name in (("train_images_per_sec", "images_per_sec"),
+                          ("peak_rss_mib", "peak_rss_mib"), ("iwae_sec", "iwae_sec")):
+            if all(key in r for r in mine + theirs):
+                summary[f"tfvae_{name}"] = _median([r[key] for r in mine])
+                summary[f"peer_{name}"] = _median([r[key] for r in theirs])
+                summary[f"{name}_ratio"] = summary[f"tfvae_{name}"] / summary[f"peer_{name}"]
+        print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

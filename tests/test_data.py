@@ -215,7 +215,8 @@ def test_prepare_dynamic_default(mnist10k):
     assert sp.train_mode == "dynamic" and sp.levels == 256
     assert sp.train.dtype == np.uint8 and sp.train.shape == (8550, 784)
     assert sp.val.shape == (450, 784) and sp.val.dtype == np.float32
-    assert sp.test.shape == (1000, 784) and sp.test.dtype == np.float32
+    # Test bits stay uint8 (a quarter of float32's memory); evaluation casts per batch.
+    assert sp.test.shape == (1000, 784) and sp.test.dtype == np.uint8
     assert set(np.unique(sp.val)) == {0.0, 1.0}
     # Validation rows: disjoint from training rows, together all of them.
     assert not set(sp.val_index) & set(sp.train_index)
@@ -242,7 +243,8 @@ def test_prepare_static_and_threshold(mnist10k):
     th = data.prepare(mnist10k, binarize="threshold", val_fraction=0)
     assert th.val is None and th.y_val is None and th.train.shape == (9000, 784)
     np.testing.assert_array_equal(th.train, mnist10k.x_train > 127)  # x/255 > 0.5
-    assert th.test.dtype == np.float32
+    assert th.test.dtype == np.uint8
+    np.testing.assert_array_equal(th.test, mnist10k.x_test > 127)
 
 
 def test_prepare_gaussian_and_none(mnist10k):

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+from tfvae import objectives
 from tfvae._keras import tf, tfd, tfp
 from tfvae.distribute import global_mean
 
@@ -153,10 +154,17 @@ def _seeds(seed, n: int):
 
 
 def _sample(logits, seed, n=None):
-    """Stopped samples ``z ~ q(z|x)``: ``[batch, latent]`` or ``[n, batch, latent]``."""
-    q = _posterior(logits)
-    z = q.sample(seed=seed) if n is None else q.sample(n, seed=seed)
-    return tf.stop_gradient(z)
+    """Stopped samples ``z ~ q(z|x)``: ``[batch, latent]`` or ``[n, batch, latent]``.
+
+    ``uniform < sigmoid(logits)`` with a stateless uniform: TFP's Bernoulli
+    sampler, draw for draw, without its seed and shape plumbing in the graph.
+    """
+    if seed is None:
+        q = _posterior(logits)
+        return tf.stop_gradient(q.sample() if n is None else q.sample(n))
+    shape = tf.shape(logits) if n is None else tf.concat([[n], tf.shape(logits)], 0)
+    u = tf.random.stateless_uniform(shape, seed=tfp.random.sanitize_seed(seed))
+    return tf.stop_gradient(tf.cast(u < tf.sigmoid(logits), tf.float32))
 
 
 def _score_term(signal, log_q):
@@ -195,7 +203,7 @@ def reinforce(problem: Problem, state: State) -> Estimate:
     """
     z = _sample(problem.logits, problem.seed)  # [batch, latent]
     f = problem.log_likelihood(z)  # [batch]
-    log_q = _posterior(problem.logits).log_prob(z)  # [batch]
+    log_q = objectives.log_likelihood(_posterior(problem.logits), z)  # [batch]
     loss = _elbo_loss(f, _score_term(f, log_q), problem.kl)
     return Estimate(loss, f, tf.stop_gradient(f), tf.zeros_like(f), {})
 
@@ -212,7 +220,7 @@ def ema(problem: Problem, state: State) -> Estimate:
     """
     z = _sample(problem.logits, problem.seed)  # [batch, latent]
     f = problem.log_likelihood(z)  # [batch]
-    log_q = _posterior(problem.logits).log_prob(z)  # [batch]
+    log_q = objectives.log_likelihood(_posterior(problem.logits), z)  # [batch]
     baseline = _first_batch_baseline(state, f)  # [] or [batch]
     signal = tf.stop_gradient(f) - baseline  # [batch]
     loss = _elbo_loss(f, _score_term(signal, log_q), problem.kl)
@@ -235,7 +243,7 @@ def nvil(problem: Problem, state: State) -> Estimate:
     """
     z = _sample(problem.logits, problem.seed)  # [batch, latent]
     f = problem.log_likelihood(z)  # [batch]
-    log_q = _posterior(problem.logits).log_prob(z)  # [batch]
+    log_q = objectives.log_likelihood(_posterior(problem.logits), z)  # [batch]
     c = problem.input_baseline  # [batch]
     centred = tf.stop_gradient(f - c)  # [batch]
     mean = _first_batch_baseline(state, centred)  # [] or [batch]
@@ -269,7 +277,7 @@ def rloo(problem: Problem, state: State) -> Estimate:
     k = problem.num_samples
     z = _sample(problem.logits, problem.seed, n=k)  # [k, batch, latent]
     f = problem.log_likelihood(z)  # [k, batch]
-    log_q = _posterior(problem.logits).log_prob(z)  # [k, batch]
+    log_q = objectives.log_likelihood(_posterior(problem.logits), z)  # [k, batch]
     f_stop = tf.stop_gradient(f)
     baseline = (tf.reduce_sum(f_stop, axis=0, keepdims=True) - f_stop) / (k - 1.0)  # [k, batch]
     signal = f_stop - baseline  # [k, batch]
@@ -319,7 +327,7 @@ def vimco(problem: Problem, state: State) -> Estimate:
     q = _posterior(problem.logits)
     z = _sample(problem.logits, problem.seed, n=k)  # [k, batch, latent]
     f = problem.log_likelihood(z)  # [k, batch]
-    log_q = q.log_prob(z)  # [k, batch]
+    log_q = objectives.log_likelihood(q, z)  # [k, batch]
     log_w = f + problem.kl_weight * (problem.log_prior(z) - log_q)  # [k, batch]
     log_k = tf.math.log(tf.cast(k, log_w.dtype))
     bound = tf.reduce_logsumexp(log_w, axis=0) - log_k  # [batch]

@@ -27,7 +27,7 @@ DEFAULT_K = 1000
 MAX_K = 100_000
 
 
-def _as_float_matrix(x, input_dim: int) -> np.ndarray:
+def _as_matrix(x, input_dim: int) -> np.ndarray:
     if hasattr(x, "test"):  # a tfvae.data.Splits
         x = x.test
     x = np.asarray(x)
@@ -40,7 +40,7 @@ def _as_float_matrix(x, input_dim: int) -> np.ndarray:
         )
     if len(x) == 0:
         raise ConfigError("no examples to evaluate")
-    return x.astype(np.float32, copy=False)
+    return x  # cast to float32 a batch at a time (uint8 bits stay compact)
 
 
 def evaluate(
@@ -56,8 +56,9 @@ def evaluate(
     Args:
       model: a tfvae model (``GaussianVAE``, ``BernoulliVAE``, ``Autoencoder``
         with its mixture) or anything with the same hooks.
-      data: ``[n, D]`` float array of processed examples (binary for a
-        Bernoulli likelihood), or a :class:`tfvae.data.Splits` (its test split).
+      data: ``[n, D]`` array of processed examples (binary for a Bernoulli
+        likelihood; any numeric dtype, cast to float32 a batch at a time), or a
+        :class:`tfvae.data.Splits` (its test split).
       k: importance samples for the log-likelihood estimate (>= 1).
       batch_size: examples per ELBO batch.
       seed: seed of the evaluation's random draws (same seed, same figures).
@@ -78,7 +79,7 @@ def evaluate(
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     k = int(k)
     model.check_ready()  # eagerly: a clear error rather than one from inside a trace
-    x = _as_float_matrix(data, model.input_dim)
+    x = _as_matrix(data, model.input_dim)
     n = len(x)
 
     spec = tf.TensorSpec([None, model.input_dim], tf.float32)
@@ -100,7 +101,8 @@ def evaluate(
 
     rec, kl, means, kl_dims = [], [], [], []
     for i, start in enumerate(range(0, n, batch_size)):
-        r, kk, m, kd = elbo_batch(x[start:start + batch_size], stateless_seed(seed, 2 * i))
+        xb = x[start:start + batch_size].astype(np.float32, copy=False)
+        r, kk, m, kd = elbo_batch(xb, stateless_seed(seed, 2 * i))
         rec.append(r.numpy())
         kl.append(kk.numpy())
         means.append(m.numpy())
@@ -111,7 +113,8 @@ def evaluate(
     chunk = max(1, min(n, max_elements // (k * model.input_dim)))
     bounds = []
     for i, start in enumerate(range(0, n, chunk)):
-        b = iwae_batch(x[start:start + chunk], stateless_seed(seed, 2 * i + 1))
+        xb = x[start:start + chunk].astype(np.float32, copy=False)
+        b = iwae_batch(xb, stateless_seed(seed, 2 * i + 1))
         bounds.append(b.numpy())
     bounds = np.concatenate(bounds)
 

@@ -13,12 +13,85 @@ from tfvae._keras import tf, tfd
 
 def distortion(likelihood, x):
     """Reconstruction cost ``-log p(x|z)``, shape ``[..., batch]``."""
-    return -likelihood.log_prob(x)
+    return -log_likelihood(likelihood, x)
+
+
+def log_likelihood(likelihood, x):
+    """``likelihood.log_prob(x)``, with a fused kernel for Bernoulli pixels.
+
+    For ``Independent(Bernoulli(logits))`` over one event axis (the decoder of
+    binary data) this computes ``sum(x * l - softplus(l))``, TFP's value, from
+    one ``exp`` and one ``log1p`` per pixel, and its gradient from the same
+    ``exp``: TFP's ``Bernoulli.log_prob`` takes two softplus (two ``exp`` and
+    two ``log1p``) and their sigmoid gradients, which on a CPU cost a quarter
+    of a 784-400-20 VAE's training step and most of an IWAE evaluation.
+    Any other distribution uses its own ``log_prob``.
+    """
+    # tfp.layers hand out distributions wrapped to act as tensors.
+    inner = getattr(likelihood, "tensor_distribution", likelihood)
+    base = getattr(inner, "distribution", None)
+    if (
+        isinstance(inner, tfd.Independent)
+        and isinstance(base, tfd.Bernoulli)
+        and base.logits is not None
+        and likelihood.event_shape.rank == 1
+        and base.event_shape.rank == 0
+    ):
+        logits = tf.convert_to_tensor(base.logits)
+        x = tf.cast(x, logits.dtype)
+        if not (logits.shape.is_fully_defined() and logits.shape == x.shape):
+            # (k samples of one batch, say): the kernel's gradient is elementwise.
+            shape = tf.broadcast_dynamic_shape(tf.shape(logits), tf.shape(x))
+            logits, x = tf.broadcast_to(logits, shape), tf.broadcast_to(x, shape)
+        return tf.reduce_sum(bernoulli_log_prob(logits, x), axis=-1)
+    return likelihood.log_prob(x)
+
+
+def kl_bernoulli(logits, prior_logits):
+    """``KL(Bernoulli(a) || Bernoulli(b))`` per unit: ``sigmoid(a) (a - b) + sp(b) - sp(a)``.
+
+    TFP's value (``sp`` is softplus) from logits, in a few fused ops.
+    """
+    return tf.sigmoid(logits) * (logits - prior_logits) + tf.math.softplus(prior_logits) \
+        - tf.math.softplus(logits)
+
+
+@tf.custom_gradient
+def bernoulli_log_prob(logits, x):
+    """Elementwise ``log Bernoulli(x | logits) = x * l - softplus(l)``.
+
+    ``softplus(l) = relu(l) + log1p(exp(-|l|))``, stable for any finite
+    ``l``, and ``d/dl = x - sigmoid(l)`` with ``sigmoid`` from the same
+    ``exp(-|l|)``. ``x`` may be any value in [0, 1] (TFP's formula is the
+    same linear function of ``x``).
+    """
+    e = tf.exp(-tf.abs(logits))
+    value = x * logits - tf.nn.relu(logits) - tf.math.log1p(e)
+
+    def grad(upstream):
+        r = 1.0 / (1.0 + e)
+        sigmoid = tf.where(logits >= 0, r, e * r)
+        return upstream * (x - sigmoid), upstream * logits
+
+    return value, grad
 
 
 def rate(posterior, prior):
     """Analytic ``KL(q(z|x) || p(z))``, shape ``[batch]``."""
     return tfd.kl_divergence(posterior, prior)
+
+
+def kl_to_standard_normal(posterior):
+    """``KL(N(mu, diag s^2) || N(0, I))`` of an ``Independent(Normal)``, ``[batch]``.
+
+    ``0.5 * sum(mu^2 + s^2 - 1) - sum(log s)``: TFP's value, from a handful of
+    ops instead of the generic KL dispatch (a smaller, faster compiled step).
+    """
+    inner = getattr(posterior, "tensor_distribution", posterior)
+    normal = inner.distribution
+    loc, scale = tf.convert_to_tensor(normal.loc), tf.convert_to_tensor(normal.scale)
+    return tf.reduce_sum(0.5 * (tf.square(loc) + tf.square(scale) - 1.0) - tf.math.log(scale),
+                         axis=-1)
 
 
 def elbo(distortion_value, rate_value):

@@ -177,7 +177,7 @@ def build_model(config):
     return cls(**cls.config_kwargs(config))
 
 
-def load_model(run_dir, which: str = "best", extras: bool = True):
+def load_model(run_dir, which: str = "best", extras: bool = True, into=None):
     """Rebuilds the model of a run from its config and loads its weights.
 
     Args:
@@ -185,6 +185,8 @@ def load_model(run_dir, which: str = "best", extras: bool = True):
       which: ``"best"`` (lowest validation loss) or ``"last"`` (last completed epoch).
       extras: also load what the model keeps outside its weights (the
         autoencoder's mixture); training turns this off before it fits them.
+      into: a model of the run's configuration to load the weights into
+        instead of building one (training reuses the model it trained).
     """
     run_dir = check_run_dir(run_dir)
     config = load_config(run_dir)
@@ -197,7 +199,7 @@ def load_model(run_dir, which: str = "best", extras: bool = True):
         raise RunDirError(
             f"{run_dir} has no checkpoint: the run never finished an epoch; train it again"
         )
-    model = build_model(config)
+    model = build_model(config) if into is None else into
     try:
         with quiet_keras_lambda_warning():
             model.load_weights(str(ckpt))

@@ -95,11 +95,12 @@ def load_data(config: Config):
         dataset, x_train=np.empty((0, dataset.dim), dataset.x_train.dtype),
         x_test=np.empty((0, dataset.dim), dataset.x_test.dtype), y_train=None, y_test=None,
     )
+    data.release_memory()
     return dataset, splits
 
 
 def _callbacks(model, config: Config, out: Path, has_val: bool, state: dict, data_info: dict,
-               strategy=None):
+               strategy=None, steps_per_call: int = 1, steps_per_epoch: int | None = None):
     """Warm-up, the run recorder (metrics, checkpoints, guard) and TensorBoard.
 
     Under a multi-worker strategy every worker saves (saving is collective),
@@ -144,10 +145,15 @@ def _callbacks(model, config: Config, out: Path, has_val: bool, state: dict, dat
 
         def on_train_batch_end(self, batch, logs=None):
             # With several steps per call this runs once per call: ``batch`` is
-            # the last step of the range since the previous call.
+            # the last call of the range since the previous one, and each call
+            # (a fused block) holds ``steps_per_call`` training steps.
             loss = (logs or {}).get("loss")
             if loss is not None and not math.isfinite(float(loss)):
-                self.bad = (self.epoch, (self.last_batch + 1, batch))
+                first = (self.last_batch + 1) * steps_per_call
+                last = (batch + 1) * steps_per_call - 1
+                if steps_per_epoch:
+                    last = min(last, steps_per_epoch - 1)
+                self.bad = (self.epoch, (first, last))
                 self.model.stop_training = True
             self.last_batch = batch
 
@@ -234,20 +240,21 @@ def _write_status(out, config, status, history, best_epoch, monitor, **extra):
     )
 
 
-# Training steps per call into the TensorFlow runtime. Measured on 2 cores
-# (Fashion-MNIST, 784-400-20, batch 128): 15,000 images/s at 1 step per call,
-# 21,000-23,000 at 20-100. XLA (jit_compile) added at most 10-15 % more
-# speed but 170 MiB of peak memory and 5-20 s of compilation per run, so it
-# is off by default (benchmarks/train_throughput.py).
+# Training steps per call into the TensorFlow runtime on the per-batch path
+# (validation, multi-replica strategies). Measured on 2 cores (Fashion-MNIST,
+# 784-400-20, batch 128): 15,000 images/s at 1 step per call, 21,000-23,000
+# at 20-100. On one device tfvae.train feeds fused blocks instead (one call
+# runs tfvae.data.BLOCK_STEPS steps in an XLA-compiled loop), which is what
+# benchmarks/train_throughput.py measures.
 STEPS_PER_EXECUTION = 50
 
 
-def compile_model(model, config: Config):
+def compile_model(model, config: Config, steps_per_execution: int = STEPS_PER_EXECUTION):
     """Compiles with Adam and the measured fast path (several steps per call)."""
     from tfvae._keras import keras
 
     model.compile(optimizer=keras.optimizers.Adam(config.lr),
-                  steps_per_execution=STEPS_PER_EXECUTION)
+                  steps_per_execution=steps_per_execution)
     return model
 
 
@@ -349,16 +356,30 @@ def _fit(config, out, dataset, splits, state, verbose, callbacks, figures, strat
     if config.deterministic:
         # Op determinism is process-wide in TensorFlow: the user asked for it.
         tf.config.experimental.enable_op_determinism()
+    # One device: fused blocks of steps, each block one call (see
+    # LatentVariableModel.train_step); several replicas: plain batches.
+    fused = strategy.num_replicas_in_sync == 1
     # Variables created and optimizer compiled under the scope are mirrored.
     with strategy.scope():
-        model = compile_model(runs.build_model(config), config)
+        model = compile_model(runs.build_model(config), config,
+                              1 if fused else STEPS_PER_EXECUTION)
         model.reseed(config.seed)
         if initial_epoch:
             _restore_state(model, out / runs.CHECKPOINTS / state["prefix"], out)
-    train_ds = data_lib.make_pipeline(
-        splits.train, splits.train_mode, config.batch_size, splits.levels,
-        shuffle=True, seed=config.seed + 1000 * initial_epoch,
-    )
+    pipeline_seed = config.seed + 1000 * initial_epoch
+    steps_per_epoch, steps_per_call = None, 1
+    if fused:
+        blocks = data_lib.make_block_pipeline(
+            splits.train, splits.train_mode, config.batch_size, splits.levels,
+            seed=pipeline_seed,
+        )
+        train_ds, steps_per_epoch = blocks.dataset, blocks.steps_per_epoch
+        steps_per_call = blocks.block_steps
+    else:
+        train_ds = data_lib.make_pipeline(
+            splits.train, splits.train_mode, config.batch_size, splits.levels,
+            shuffle=True, seed=pipeline_seed,
+        )
     val_ds = None
     if splits.val is not None and len(splits.val):
         val_ds = data_lib.make_pipeline(
@@ -369,8 +390,12 @@ def _fit(config, out, dataset, splits, state, verbose, callbacks, figures, strat
     if not model.fits_on_training_data:
         # The pipeline holds its own tensor copy; the numpy one is not needed again.
         splits.train = np.empty((0,) + splits.train.shape[1:], splits.train.dtype)
+    data_lib.release_memory()
     chief = distribute.is_chief(strategy)
-    recorder, cbs = _callbacks(model, config, out, val_ds is not None, state, info, strategy)
+    recorder, cbs = _callbacks(
+        model, config, out, val_ds is not None, state, info, strategy, steps_per_call,
+        None if steps_per_epoch is None else -(-info["train"] // config.batch_size),
+    )
     monitor = "val_loss" if val_ds is not None else "loss"
     if chief:
         _write_status(out, config, "training", recorder.history, recorder.best_epoch, monitor,
@@ -380,6 +405,7 @@ def _fit(config, out, dataset, splits, state, verbose, callbacks, figures, strat
             train_ds,
             validation_data=val_ds,
             epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,
             initial_epoch=initial_epoch,
             verbose=verbose,
             callbacks=cbs + list(callbacks or []),
@@ -409,7 +435,10 @@ def _fit(config, out, dataset, splits, state, verbose, callbacks, figures, strat
         )
     if not chief:
         return None
-    return finish_run(out, config, splits, dataset, figures=figures, data_info=info)
+    # On one device the trained model takes the best weights in place: a second
+    # model (and its traces) would raise the run's peak memory.
+    return finish_run(out, config, splits, dataset, figures=figures, data_info=info,
+                      model=model if fused else None)
 
 
 def _restore_state(model, prefix: Path, out: Path) -> None:
@@ -440,11 +469,19 @@ def _data_info(dataset, splits) -> dict:
 
 
 def finish_run(out: Path, config: Config, splits, dataset, figures: bool = True,
-               data_info: dict | None = None):
-    """Loads the best checkpoint, fits extras, evaluates on test, writes figures."""
+               data_info: dict | None = None, model=None):
+    """Loads the best checkpoint, fits extras, evaluates on test, writes figures.
+
+    ``model``: the trained model to load the best weights into, or None to
+    build one.
+    """
+    from tfvae import data as data_lib
     from tfvae.evaluation import evaluate
 
-    model, _ = runs.load_model(out, "best", extras=False)
+    # Training's freed scratch (compilation, traces) goes back to the system
+    # before evaluation allocates its own.
+    data_lib.release_memory()
+    model, _ = runs.load_model(out, "best", extras=False, into=model)
     if model.fits_on_training_data:
         model.post_fit(train_float(splits, config.seed), seed=config.seed)
     model.save_extras(out)
@@ -493,7 +530,7 @@ def write_figures(out: Path, model, splits, history) -> list[Path]:
         if quantiles is not None:
             paths.append(fig.save_manifold(folder / "manifold.png", model.decode_mean_numpy,
                                            shape, quantiles))
-        codes = model.posterior_code(splits.test[:2000])
+        codes = model.posterior_code(splits.test[:2000].astype(np.float32))
         codes = np.asarray(codes)
         paths.append(fig.save_latent_scatter(
             folder / "latent.png", codes,

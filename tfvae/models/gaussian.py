@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfvae import networks
+from tfvae import networks, objectives
 from tfvae._keras import keras, tf, tfd
 from tfvae.models.base import LatentVariableModel
 
@@ -44,6 +44,10 @@ class GaussianVAE(LatentVariableModel):
         return tfd.Independent(
             tfd.Normal(loc=tf.zeros([self.latent_dim]), scale=1.0), reinterpreted_batch_ndims=1
         )
+
+    def rate(self, q):
+        # The prior is N(0, I): the closed form, not TFP's generic KL dispatch.
+        return objectives.kl_to_standard_normal(q)
 
     def latent_quantiles(self):
         normal = tfd.Normal(0.0, 1.0)

@@ -1,0 +1,268 @@
+"""The fast training path: packed bits, block pipelines, fused steps, fused log-prob."""
+
+import numpy as np
+import pytest
+
+import tfvae
+from tfvae import data, objectives
+from tfvae._keras import keras, tf, tfd, tfpl
+
+
+def _id_bits(n: int, width: int = 37) -> np.ndarray:
+    """Rows whose first 16 bits spell the row number (width not a multiple of 8)."""
+    ids = np.arange(n)
+    bits = (ids[:, None] >> np.arange(16)[None, :]) & 1
+    rest = np.random.default_rng(0).integers(0, 2, (n, width - 16))
+    return np.concatenate([bits, rest], axis=1).astype(np.uint8)
+
+
+def _row_ids(bits: np.ndarray) -> np.ndarray:
+    return (bits[:, :16].astype(np.int64) << np.arange(16)).sum(axis=1)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, bool])
+def test_pack_and_unpack_bits_round_trip(dtype):
+    x = _id_bits(300).astype(dtype)
+    packed = data.pack_bits(x, chunk_rows=7)
+    assert packed.shape == (300, 5) and packed.dtype == np.uint8
+    np.testing.assert_array_equal(packed, np.packbits(x.astype(bool), axis=1))
+    np.testing.assert_array_equal(data.unpack_bits(tf.constant(packed), 37).numpy(), x)
+
+
+def test_is_binary():
+    assert data.is_binary(np.array([[0.0, 1.0], [1.0, 1.0]]))
+    assert not data.is_binary(np.array([[0.0, 0.5]]))
+    assert not data.is_binary(np.array([[2]], np.uint8))
+
+
+def _epoch_rows(pipeline, epochs: int = 1):
+    """Row ids each block holds (real rows only), per epoch, from a bits pipeline."""
+    it = iter(pipeline.dataset)
+    out = []
+    for _ in range(epochs):
+        rows = []
+        for _ in range(pipeline.steps_per_epoch):
+            element = next(it)
+            flat = tf.reshape(element["bits"], [-1, element["bits"].shape[-1]])
+            real = flat[: int(element["rows"])]
+            rows.append(_row_ids(data.unpack_bits(real, 37).numpy()))
+        out.append(np.concatenate(rows))
+    return out
+
+
+def test_block_pipeline_epochs_are_permutations_of_every_row():
+    n, batch = 1000, 32  # 32 batches per epoch, the last one of 8 rows
+    p = data.make_block_pipeline(_id_bits(n), "static", batch, 2, seed=3, block_steps=10)
+    assert (p.steps_per_epoch, p.batches_per_epoch, p.block_steps) == (4, 32, 10)
+    first, second = _epoch_rows(p, epochs=2)
+    for epoch in (first, second):
+        np.testing.assert_array_equal(np.sort(epoch), np.arange(n))
+    assert not np.array_equal(first, second)  # reshuffled every epoch
+    again = data.make_block_pipeline(_id_bits(n), "static", batch, 2, seed=3, block_steps=10)
+    np.testing.assert_array_equal(_epoch_rows(again)[0], first)  # same seed, same epochs
+    ordered = data.make_block_pipeline(_id_bits(n), "static", batch, 2, seed=3,
+                                       block_steps=10, shuffle=False)
+    np.testing.assert_array_equal(_epoch_rows(ordered)[0], np.arange(n))
+
+
+def test_block_pipeline_applies_the_mode_to_float_blocks():
+    x = np.random.default_rng(0).integers(0, 256, (50, 6)).astype(np.uint8)
+    p = data.make_block_pipeline(x, "none", 10, 256, seed=0, shuffle=False)
+    element = next(iter(p.dataset))
+    assert p.steps_per_epoch == 1 and int(element["rows"]) == 50
+    np.testing.assert_allclose(element["block"].numpy().reshape(50, 6), x / 255.0, rtol=1e-6)
+    dyn = next(iter(data.make_block_pipeline(x, "dynamic", 10, 256, seed=0).dataset))
+    assert set(np.unique(dyn["block"].numpy())) <= {0.0, 1.0}
+
+
+def test_block_pipeline_rejects_bad_input():
+    with pytest.raises(data.ConfigError, match="larger than the 5 training examples"):
+        data.make_block_pipeline(np.zeros((5, 4), np.uint8), "static", 8, 2, seed=0)
+    with pytest.raises(data.ConfigError, match="unknown pipeline mode"):
+        data.make_block_pipeline(np.zeros((5, 4), np.uint8), "bogus", 2, 2, seed=0)
+
+
+def _model(model_type, optimizer):
+    kwargs = dict(latent_dim=4, hidden=[16])
+    if model_type == "gaussian":
+        model = tfvae.GaussianVAE(**kwargs)
+    elif model_type == "bernoulli":
+        model = tfvae.BernoulliVAE(estimator="ema", **kwargs)
+    else:
+        model = tfvae.Autoencoder(**kwargs)
+    model.compile(optimizer=optimizer)
+    model.reseed(5)
+    return model
+
+
+def _block_of(x, steps, batch):
+    block = np.zeros((steps * batch, (x.shape[1] + 7) // 8), np.uint8)
+    block[: len(x)] = data.pack_bits(x)
+    return {"bits": tf.constant(block.reshape(steps, batch, -1)), "rows": tf.constant(len(x))}
+
+
+X70 = (np.random.default_rng(1).random((70, 784)) < 0.3).astype(np.uint8)  # 3 x 20 + 10
+
+
+def test_a_fused_block_makes_the_same_updates_as_single_steps():
+    """Blocks (XLA loop + a partial tail batch) == one train_step per batch.
+
+    The autoencoder draws no noise, so the two paths must agree to rounding
+    (plain SGD: Adam's normalisation would magnify the rounding of sums that
+    XLA orders differently in parameters with tiny gradients).
+    """
+    single = _model("ae", keras.optimizers.SGD(1e-3))
+    fused = _model("ae", keras.optimizers.SGD(1e-3))
+    before = [w.numpy() for w in single.trainable_weights]
+    fused.set_weights(single.get_weights())
+    for start in range(0, 70, 20):
+        single.train_step(tf.constant(X70[start:start + 20], tf.float32))
+    logs = fused.train_step(_block_of(X70, 4, 20))
+    assert int(fused.optimizer.iterations.numpy()) == 4
+    moved = 0.0
+    for a, b, start in zip(single.trainable_weights, fused.trainable_weights, before,
+                           strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+        moved = max(moved, float(np.abs(a.numpy() - start).max()))
+    assert moved > 1e-3  # the steps did change the weights
+    for name, tracker in single._trackers.items():  # the same means over the 4 steps
+        np.testing.assert_allclose(float(logs[name]), float(tracker.result()), rtol=1e-5,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("model_type", ["gaussian", "bernoulli"])
+def test_fused_blocks_of_vaes_train_reproducibly(model_type):
+    """VAEs draw noise: XLA's stateless random numbers are not the TF kernels',
+    so the paths differ by the noise only; a fused run repeats for its seed."""
+    runs = []
+    init = _model(model_type, "sgd").get_weights()
+    for _ in range(2):
+        model = _model(model_type, keras.optimizers.Adam(1e-3))
+        model.set_weights(init)
+        logs = model.train_step(_block_of(X70, 4, 20))
+        runs.append(({k: float(v) for k, v in logs.items()},
+                     [w.numpy() for w in model.trainable_weights]))
+        assert int(model.optimizer.iterations.numpy()) == 4
+    (logs_a, w_a), (logs_b, w_b) = runs
+    # (Up to the rounding of multi-threaded sums, which TensorFlow does not fix
+    # without enable_op_determinism.)
+    for a, b in zip(w_a, w_b, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for name in logs_a:
+        np.testing.assert_allclose(logs_a[name], logs_b[name], rtol=1e-3, err_msg=name)
+    single = _model(model_type, keras.optimizers.Adam(1e-3))
+    single.set_weights(init)
+    for start in range(0, 70, 20):
+        single.train_step(tf.constant(X70[start:start + 20], tf.float32))
+    # Same data, same model: the mean loss agrees to within the noise.
+    np.testing.assert_allclose(float(logs_a["loss"]), float(single._trackers["loss"].result()),
+                               rtol=0.02)
+
+
+def test_fit_on_an_array_takes_every_batch_in_blocks():
+    x = (np.random.default_rng(0).random((300, 784)) < 0.3).astype(np.float32)
+    model = tfvae.GaussianVAE(latent_dim=4, hidden=[32])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    seen = []
+
+    class Count(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(batch)
+
+    history = model.fit(x, epochs=2, batch_size=64, verbose=0, callbacks=[Count()],
+                        validation_data=(x[:50],))
+    assert int(model.optimizer.iterations.numpy()) == 2 * 5  # ceil(300 / 64) per epoch
+    assert seen == [0, 0]  # one block per epoch
+    assert history.history["loss"][1] < history.history["loss"][0]
+    assert "val_elbo" in history.history
+    # Inputs the fast path does not take go to Keras' own loop unchanged.
+    model.fit(x, epochs=1, batch_size=64, validation_split=0.2, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 10 + 4  # 240 rows / 64
+
+
+def test_fit_rejects_a_bad_batch_size():
+    model = tfvae.GaussianVAE(latent_dim=2, hidden=[8])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        model.fit(np.zeros((10, 784), np.float32), batch_size=0, verbose=0)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_fused_bernoulli_log_prob_matches_tfp(binary):
+    rng = np.random.default_rng(0)
+    logits = tf.constant(rng.normal(0, 6, (16, 50)).astype(np.float32))
+    x = rng.random((16, 50)).astype(np.float32)
+    x = tf.constant((x < 0.4).astype(np.float32) if binary else x)
+    weights = tf.range(16, dtype=tf.float32)
+    layer_output = keras.Sequential(
+        [keras.layers.InputLayer(input_shape=(50,)), tfpl.IndependentBernoulli(50)]
+    )(logits)  # a tfp.layers distribution, wrapped to act as a tensor
+    reference = tfd.Independent(tfd.Bernoulli(logits=logits), 1)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        ours = objectives.log_likelihood(tfd.Independent(tfd.Bernoulli(logits=logits), 1), x)
+        theirs = reference.log_prob(x)
+        ours_sum, theirs_sum = tf.reduce_sum(ours * weights), tf.reduce_sum(theirs * weights)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    np.testing.assert_allclose(tape.gradient(ours_sum, logits), tape.gradient(theirs_sum, logits),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(objectives.log_likelihood(layer_output, x), theirs, rtol=1e-5)
+
+
+def test_evaluate_takes_uint8_bits_like_floats(binary_images):
+    model = tfvae.GaussianVAE(latent_dim=3, hidden=[16])
+    bits = binary_images[:40].astype(np.uint8)
+    a = tfvae.evaluate(model, bits, k=5, seed=1)
+    b = tfvae.evaluate(model, bits.astype(np.float32), k=5, seed=1)
+    assert a == b
+
+
+def test_closed_form_kl_matches_tfp():
+    rng = np.random.default_rng(2)
+    loc = tf.constant(rng.normal(size=(5, 7)).astype(np.float32))
+    scale = tf.constant(rng.uniform(0.05, 3.0, (5, 7)).astype(np.float32))
+    q = tfd.Independent(tfd.Normal(loc, scale), 1)
+    prior = tfd.Independent(tfd.Normal(tf.zeros([7]), 1.0), 1)
+    np.testing.assert_allclose(objectives.kl_to_standard_normal(q),
+                               tfd.kl_divergence(q, prior), rtol=1e-5)
+    model = tfvae.GaussianVAE(latent_dim=7, hidden=[8])
+    q = model.encode(tf.constant(rng.random((4, 784)).astype(np.float32)))
+    np.testing.assert_allclose(model.rate(q), tfd.kl_divergence(q, model.prior()), rtol=1e-5)
+
+
+def test_fused_bernoulli_log_prob_broadcasts_samples_over_a_batch():
+    rng = np.random.default_rng(3)
+    logits = tf.constant(rng.normal(size=(4, 6)).astype(np.float32))
+    z = tf.constant((rng.random((3, 4, 6)) < 0.5).astype(np.float32))  # [k, batch, latent]
+    q = tfd.Independent(tfd.Bernoulli(logits=logits, dtype=tf.float32), 1)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        ours, theirs = objectives.log_likelihood(q, z), q.log_prob(z)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5)
+    np.testing.assert_allclose(tape.gradient(ours, logits), tape.gradient(theirs, logits),
+                               rtol=1e-5)
+
+
+def test_closed_form_bernoulli_kl_matches_tfp():
+    rng = np.random.default_rng(4)
+    logits = tf.constant(rng.normal(0, 3, (5, 6)).astype(np.float32))
+    prior = tf.constant(rng.normal(0, 1, (6,)).astype(np.float32))
+    theirs = tfd.kl_divergence(tfd.Bernoulli(logits=logits), tfd.Bernoulli(logits=prior))
+    np.testing.assert_allclose(objectives.kl_bernoulli(logits, prior), theirs, rtol=1e-5,
+                               atol=1e-6)
+    model = tfvae.BernoulliVAE(latent_dim=6, hidden=[8], learn_prior=True)
+    q = model.encode(tf.constant(rng.random((4, 784)).astype(np.float32)))
+    np.testing.assert_allclose(model.rate(q), tfd.kl_divergence(q, model.prior()), rtol=1e-5,
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [None, 3])
+def test_estimator_samples_are_tfps_draw_for_draw(n):
+    from tfvae import estimators
+
+    logits = tf.constant(np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32))
+    seed = tf.constant([3, 4], tf.int32)
+    q = tfd.Independent(tfd.Bernoulli(logits=logits, dtype=tf.float32), 1)
+    ours = estimators._sample(logits, seed, n)
+    theirs = q.sample(seed=seed) if n is None else q.sample(n, seed=seed)
+    np.testing.assert_array_equal(ours, theirs)
