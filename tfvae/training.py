@@ -107,6 +107,7 @@ def _callbacks(model, config: Config, out: Path, has_val: bool, state: dict, dat
     non-chief workers into a scratch folder they delete; only the chief writes
     metrics, status and TensorBoard logs.
     """
+    from tfvae import data as data_lib
     from tfvae import distribute
     from tfvae._keras import keras, tf
 
@@ -199,13 +200,37 @@ def _callbacks(model, config: Config, out: Path, has_val: bool, state: dict, dat
             _write_status(out, config, "training", self.history, self.best_epoch, monitor,
                           data=data_info)
 
+    class ReleaseMemory(keras.callbacks.Callback):
+        """Returns freed heap once compilation is done and once before validation.
+
+        The first training call compiles the step (hundreds of MiB of scratch,
+        freed but kept by the allocator); the first validation traces the test
+        step. Handing the scratch back first keeps the two from stacking up in
+        the run's peak memory.
+        """
+
+        def __init__(self):
+            super().__init__()
+            self.done = set()
+
+        def _once(self, key):
+            if key not in self.done:
+                self.done.add(key)
+                data_lib.release_memory()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self._once("train")
+
+        def on_test_begin(self, logs=None):
+            self._once("test")
+
     recorder = RunRecorder()
     if not chief:
-        return recorder, [KLWarmup(), recorder]
+        return recorder, [KLWarmup(), recorder, ReleaseMemory()]
     tensorboard = keras.callbacks.TensorBoard(
         log_dir=str(out / runs.TENSORBOARD), profile_batch=0, write_graph=False
     )
-    return recorder, [KLWarmup(), recorder, tensorboard]
+    return recorder, [KLWarmup(), recorder, ReleaseMemory(), tensorboard]
 
 
 def versions() -> dict:
