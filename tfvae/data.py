@@ -1164,21 +1164,3 @@ def make_block_pipeline(
     ds = ds.map(gather).prefetch(2)
     return BlockPipeline(ds, blocks, batches, steps)
 
-
-def release_memory() -> None:
-    """Hands freed heap memory back to the system (glibc's ``malloc_trim``).
-
-    Loading and binarizing a data set frees tens of MB in small pieces that
-    the allocator keeps; returning them lowers the process's resident peak.
-    A no-op where the C library has no ``malloc_trim``.
-    """
-    import ctypes
-    import ctypes.util
-    import gc
-
-    gc.collect()  # cycles left by tracing hold memory too
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass

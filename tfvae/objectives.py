@@ -87,8 +87,7 @@ def kl_to_standard_normal(posterior):
     ``0.5 * sum(mu^2 + s^2 - 1) - sum(log s)``: TFP's value, from a handful of
     ops instead of the generic KL dispatch (a smaller, faster compiled step).
     """
-    inner = getattr(posterior, "tensor_distribution", posterior)
-    normal = inner.distribution
+    normal = posterior.distribution
     loc, scale = tf.convert_to_tensor(normal.loc), tf.convert_to_tensor(normal.scale)
     return tf.reduce_sum(0.5 * (tf.square(loc) + tf.square(scale) - 1.0) - tf.math.log(scale),
                          axis=-1)

@@ -151,7 +151,7 @@ class BernoulliVAE(LatentVariableModel):
 
     def rate(self, q):
         # Closed form from the logits (TFP's value; fewer ops in the compiled step).
-        logits = tf.convert_to_tensor(getattr(q, "tensor_distribution", q).distribution.logits)
+        logits = tf.convert_to_tensor(q.distribution.logits)
         return tf.reduce_sum(objectives.kl_bernoulli(logits, self.prior_logits()), axis=-1)
 
     def latent_quantiles(self):
