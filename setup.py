@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 INIT = (HERE / "tfvae" / "__init__.py").read_text()
@@ -19,9 +19,9 @@ setup(
     python_requires=">=3.10",
     # The click front end lives in cli/ in the repository but installs as
     # tfvae_cli, so no bare top-level module called `cli` lands in site-packages.
-    packages=["tfvae", "tfvae.models", "tfvae_cli"],
+    packages=find_packages(include=["tfvae", "tfvae.*"]) + ["tfvae_cli"],
     package_dir={"tfvae_cli": "cli"},
-    package_data={"tfvae": ["datasets/*.xz"]},
+    package_data={"tfvae.data": ["datasets/*.xz"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "tf-keras>=2.21,<2.22",

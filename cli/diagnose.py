@@ -33,21 +33,24 @@ def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
       tfvae diagnose runs/bern
       tfvae diagnose runs/bern --draws 100 --n-examples 512 --json
     """
-    from tfvae import runs
-    from tfvae.diagnostics import gradient_variance
-    from tfvae.training import load_data
+    from tfvae.runs.families import family
+    from tfvae.runs.store import load_config
 
     if n_examples <= 0:
         raise click.ClickException(f"--n-examples must be a positive integer, got {n_examples}")
     if draws < 2:
         raise click.ClickException(f"--draws must be an integer >= 2, got {draws}")
-    config = runs.load_config(run_dir)
-    if config.model != "bernoulli":
+    config = load_config(run_dir)
+    if not family(config.model).estimators:
         raise click.ClickException(
             f"{run_dir} is a {config.model} run; diagnose compares the gradient estimators "
             "of bernoulli runs (tfvae train --model bernoulli)"
         )
-    model, config = runs.load_model(run_dir, checkpoint)
+    from tfvae.diagnostics import gradient_variance
+    from tfvae.runs.data import load_data
+    from tfvae.runs.store import load_model
+
+    model, config = load_model(run_dir, checkpoint)
     _, splits = load_data(config)
     x = splits.test if splits.test is not None and len(splits.test) else splits.val
     x = x[:n_examples]

@@ -39,13 +39,20 @@ def export(run_dir, fmt, quantize, out, overwrite, representative, checkpoint):
       tfvae export runs/z20 --format tflite --quantize float16 --quantize int8 --out z20-small
       tfvae export runs/z20 --quantize int8 --representative 500 --out z20-full-int8
     """
-    from tfvae import export as export_lib
+    from tfvae.export import manifest as layout
+    from tfvae.runs.layout import check_run_dir
 
-    formats = export_lib.FORMATS if fmt == "all" else (fmt,)
-    precisions = tuple("float32" if q == "none" else q for q in quantize)
+    formats = layout.FORMATS if fmt == "all" else (fmt,)
+    names = {v: k for k, v in layout.QUANTIZE_NAMES.items()}
+    precisions = tuple(layout.PRECISIONS if q == "all" else (names[q],) for q in quantize)
+    precisions = tuple(dict.fromkeys(p for group in precisions for p in group))
     if representative < 0:
         raise click.ClickException(f"--representative must be >= 0, got {representative}")
-    manifest = export_lib.export_run(
+    check_run_dir(run_dir)  # paths first: refuse in well under a second
+    layout.check_out(out, overwrite)
+    from tfvae.export import export_run
+
+    manifest = export_run(
         run_dir, out, formats=formats, precisions=precisions,
         representative=representative, overwrite=overwrite, which=checkpoint,
     )

@@ -5,12 +5,20 @@ arrays made here) and are seeded; slow ones are marked ``slow``.
 """
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 # Quiet TensorFlow's C++ logging in test output (the application's choice).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parents[1]
+#: ../shared beside the checkout (the shared benchmark protocol and peers).
+SHARED = ROOT.parent / "shared"
+
+#: Small networks for the model factory: (family, constructor kwargs).
+SMALL = dict(input_dim=784, latent_dim=4, hidden=(32,))
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +29,23 @@ def binary_images():
     ds = data.load_dataset("mnist-10k")
     bits = data.binarize_static(ds.x_train[:256], seed=0)
     return bits.astype(np.float32)
+
+
+@pytest.fixture
+def make_model():
+    """``make_model(family, **kwargs)``: a small seeded model of any family.
+
+    ``family`` is a key of ``tfvae.runs.FAMILIES`` (``gaussian``, ``bernoulli``,
+    ``ae-gmm``); keyword arguments override the small defaults.
+    """
+    from tfvae._keras import keras
+    from tfvae.runs.families import family
+
+    def make(name, **kwargs):
+        keras.utils.set_random_seed(0)
+        return family(name).cls()(**{**SMALL, **kwargs})
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -66,7 +66,7 @@ def test_invalid_options():
 
 def test_config_kwargs_and_build_model():
     from tfvae.config import Config
-    from tfvae.runs import build_model
+    from tfvae.runs.store import build_model
 
     config = Config(model="bernoulli", estimator="disarm", baseline_decay=0.8, num_samples=3,
                     learn_prior=True, latent_dim=4, hidden=(16,), input_dim=784,

@@ -17,10 +17,11 @@ def test_round_trip_through_json():
     assert json.loads(cfg.to_json())["hidden"] == [512, 256]
 
 
-def test_decoder_mirrors_encoder_unless_given():
-    assert Config(hidden=(512, 256)).decoder_sizes == (256, 512)
-    assert Config(hidden=(512, 256), decoder_hidden=(100,)).decoder_sizes == (100,)
-    assert Config(decoder_hidden="").decoder_sizes == ()
+def test_image_shape_is_height_width_channels():
+    assert Config(image_shape=(28, 28)).image_shape == (28, 28, 1)
+    assert Config(image_shape=[32, 32, 3]).image_shape == (32, 32, 3)
+    with pytest.raises(ConfigError, match="image_shape"):
+        Config(image_shape=(0, 4))
 
 
 @pytest.mark.parametrize(

@@ -19,9 +19,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tfvae import data
+from tfvae.data import tfds as tfds_source
 from tfvae.errors import ConfigError, DataError
 
-BENCH_DIR = Path("/work/shared/bench")
+REFERENCE = Path(__file__).resolve().parent / "reference"
+SHARED_BINDATA = Path(__file__).resolve().parents[2] / "shared" / "bench" / "bindata.py"
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 HYPOTHESIS = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -86,14 +88,21 @@ def embedded_idx_dir(tmp_path_factory) -> Path:
 
 
 def import_bindata():
-    if not (BENCH_DIR / "bindata.py").exists():
-        pytest.skip(f"{BENCH_DIR}/bindata.py is absent")
-    sys.path.insert(0, str(BENCH_DIR))
+    """The shared protocol (tests/reference/bindata.py, a verified copy of ../shared's)."""
+    sys.path.insert(0, str(REFERENCE))
     try:
         import bindata
     finally:
-        sys.path.remove(str(BENCH_DIR))
+        sys.path.remove(str(REFERENCE))
     return bindata
+
+
+def test_reference_bindata_is_the_shared_one():
+    if not SHARED_BINDATA.exists():
+        pytest.skip(f"{SHARED_BINDATA} is not beside this checkout; the copy is checked "
+                    "where it is")
+    assert (REFERENCE / "bindata.py").read_bytes() == SHARED_BINDATA.read_bytes(), (
+        "tests/reference/bindata.py differs from ../shared/bench/bindata.py: copy it again")
 
 
 def unchunked_static(x: np.ndarray, seed: int) -> np.ndarray:
@@ -112,7 +121,7 @@ def test_import_is_light():
         "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets', 'sklearn') "
         "if m in sys.modules))"
     )
-    root = Path(data.__file__).parents[1]
+    root = Path(data.__file__).parents[2]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -126,7 +135,7 @@ def test_embedded_mnist10k(mnist10k):
     assert ds.y_train.shape == (9000,) and ds.y_test.shape == (1000,)
     assert list(ds.y_train[:5]) == [7, 2, 1, 0, 4]  # the first t10k labels
     assert set(np.unique(ds.y_test)) == set(range(10))
-    assert ds.image_shape == (28, 28) and ds.dim == 784 and ds.levels == 256
+    assert ds.image_shape == (28, 28, 1) and ds.dim == 784 and ds.levels == 256
     sc = ds.scaled(ds.x_test[:3])
     assert sc.dtype == np.float32
     np.testing.assert_array_equal(sc, ds.x_test[:3].astype(np.float32) / 255.0)
@@ -141,7 +150,7 @@ def test_default_is_embedded_and_name_plus_dir_refused(tmp_path):
 def test_digits_and_gaussian_dequantize():
     ds = data.load_dataset("digits")
     assert ds.x_train.shape == (1617, 64) and ds.x_test.shape == (180, 64)
-    assert ds.levels == 17 and ds.image_shape == (8, 8) and ds.dim == 64
+    assert ds.levels == 17 and ds.image_shape == (8, 8, 1) and ds.dim == 64
     assert ds.x_train.max() == 16
     np.testing.assert_allclose(ds.scaled(ds.x_test), ds.x_test / 16)
     sp = data.prepare(ds, likelihood="gaussian")
@@ -269,7 +278,7 @@ def test_prepare_bad_options(mnist10k):
         data.prepare(mnist10k, binarize="sometimes")
     with pytest.raises(ConfigError):
         data.prepare(mnist10k, likelihood="poisson")
-    tiny = data.DataSet("t", mnist10k.x_train[:1], mnist10k.x_test, None, None, (28, 28), 256)
+    tiny = data.DataSet("t", mnist10k.x_train[:1], mnist10k.x_test, None, None, (28, 28, 1), 256)
     with pytest.raises(ConfigError):
         data.prepare(tiny, val_fraction=0.5)
 
@@ -278,7 +287,7 @@ def test_floats_outside_unit_interval(tmp_path):
     x = np.random.default_rng(0).normal(size=(20, 16)).astype(np.float32)
     np.savez(tmp_path / "f.npz", x_train=x, x_test=x[:5])
     ds = data.load_dataset(data_dir=tmp_path / "f.npz")
-    assert ds.levels is None and ds.image_shape == (4, 4)
+    assert ds.levels is None and ds.image_shape == (4, 4, 1)
     with pytest.raises(DataError, match="--likelihood gaussian"):
         data.prepare(ds, binarize="none")
     with pytest.raises(DataError, match="outside"):
@@ -357,7 +366,7 @@ def test_idx_full_directory(tmp_path):
     xtr, xte = images(30, 5, 7, seed=1), images(10, 5, 7, seed=2)
     root = write_idx_dir(tmp_path, xtr, labels(30), xte, labels(10, 1))
     ds = data.load_dataset(data_dir=root)
-    assert ds.image_shape == (5, 7) and ds.levels == 256 and ds.name == str(root)
+    assert ds.image_shape == (5, 7, 1) and ds.levels == 256 and ds.name == str(root)
     np.testing.assert_array_equal(ds.x_train, xtr.reshape(30, 35))
     np.testing.assert_array_equal(ds.x_test, xte.reshape(10, 35))
     np.testing.assert_array_equal(ds.y_test, labels(10, 1))
@@ -416,8 +425,8 @@ def test_idx_errors(tmp_path):
 
 @pytest.mark.parametrize(
     ("shape", "image_shape"),
-    [((784,), (28, 28)), ((28, 28), (28, 28)), ((28, 28, 1), (28, 28)), ((10,), (1, 10)),
-     ((3, 5), (3, 5))],
+    [((784,), (28, 28, 1)), ((28, 28), (28, 28, 1)), ((28, 28, 1), (28, 28, 1)),
+     ((10,), (1, 10, 1)), ((3, 5), (3, 5, 1)), ((4, 6, 3), (4, 6, 3))],
 )
 def test_npz_shapes(tmp_path, shape, image_shape):
     rng = np.random.default_rng(0)
@@ -464,9 +473,9 @@ def test_npz_npy_errors(tmp_path):
     np.savez(tmp_path / "empty.npz", x_train=x, x_test=x[:0])
     with pytest.raises(DataError, match="empty"):
         data.load_dataset(data_dir=tmp_path / "empty.npz")
-    np.savez(tmp_path / "rgb.npz", x_train=np.zeros((4, 8, 8, 3)), x_test=np.zeros((2, 8, 8, 3)))
-    with pytest.raises(DataError, match="3 channels"):
-        data.load_dataset(data_dir=tmp_path / "rgb.npz")
+    np.savez(tmp_path / "two.npz", x_train=np.zeros((4, 8, 8, 2)), x_test=np.zeros((2, 8, 8, 2)))
+    with pytest.raises(DataError, match="2 channels"):
+        data.load_dataset(data_dir=tmp_path / "two.npz")
     np.savez(tmp_path / "rank.npz", x_train=np.zeros((4, 2, 2, 2, 2)), x_test=np.zeros(4))
     with pytest.raises(DataError, match="shape"):
         data.load_dataset(data_dir=tmp_path / "rank.npz")
@@ -534,7 +543,7 @@ def test_npz_npy_round_trip(x, use_npz):
             n_train = (9 * n) // 10
         ds = data.load_dataset(data_dir=path)
     flat = x.reshape(n, -1)
-    assert ds.dim == flat.shape[1] == ds.image_shape[0] * ds.image_shape[1]
+    assert ds.dim == flat.shape[1] == np.prod(ds.image_shape)
     np.testing.assert_array_equal(ds.x_train, flat[:n_train])
     expected_test = flat[:1] if use_npz else flat[n_train:]
     np.testing.assert_array_equal(ds.x_test, expected_test)
@@ -547,7 +556,7 @@ def test_npz_npy_round_trip(x, use_npz):
 
 def test_tfds_offline_fails_fast(tmp_path):
     pytest.importorskip("tensorflow_datasets")
-    if data._host_reachable(2.0):
+    if tfds_source.host_reachable(2.0):
         pytest.skip("network reachable: this test checks the offline failure")
     start = time.monotonic()
     with pytest.raises(DataError) as err:
@@ -563,7 +572,7 @@ def test_tfds_offline_fails_fast(tmp_path):
 def test_tfds_unreachable_host_and_unknown_name(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow_datasets")
     # A closed local port: refused at once, whatever the machine's network.
-    monkeypatch.setattr(data, "TFDS_HOST", ("127.0.0.1", 9))
+    monkeypatch.setattr(tfds_source, "TFDS_HOST", ("127.0.0.1", 9))
     with pytest.raises(DataError, match="unreachable"):
         data.load_dataset("mnist", tfds_data_dir=tmp_path, reachability_timeout=1.0)
     with pytest.raises(DataError, match="mnist-10k.*fashion_mnist"):
@@ -574,12 +583,13 @@ def test_tfds_prepared_path_mocked(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     # tfds' mock generates random examples; pretend the data set is prepared.
     monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
-    monkeypatch.setattr(data, "_host_reachable", lambda *a, **k: pytest.fail("probed network"))
+    monkeypatch.setattr(tfds_source, "host_reachable",
+                        lambda *a, **k: pytest.fail("probed network"))
     with tfds.testing.mock_data(num_examples=6):
         ds = data.load_dataset("fashion_mnist", tfds_data_dir=tmp_path)
         bin_ds = data.load_dataset("binarized_mnist", tfds_data_dir=tmp_path)
     assert ds.x_train.shape == (6, 784) and ds.x_train.dtype == np.uint8
-    assert ds.image_shape == (28, 28) and ds.y_train.shape == (6,)
+    assert ds.image_shape == (28, 28, 1) and ds.y_train.shape == (6,)
     assert bin_ds.y_train is None and bin_ds.x_test.shape[1] == 784
 
 

@@ -52,47 +52,48 @@ def _epoch_rows(pipeline, epochs: int = 1):
 
 def test_block_pipeline_epochs_are_permutations_of_every_row():
     n, batch = 1000, 32  # 32 batches per epoch, the last one of 8 rows
-    p = data.make_block_pipeline(_id_bits(n), "static", batch, 2, seed=3, block_steps=10)
+    p = data.blocks(_id_bits(n), batch, seed=3, mode="static", levels=2, block_steps=10)
     assert (p.steps_per_epoch, p.batches_per_epoch, p.block_steps) == (4, 32, 10)
     first, second = _epoch_rows(p, epochs=2)
     for epoch in (first, second):
         np.testing.assert_array_equal(np.sort(epoch), np.arange(n))
     assert not np.array_equal(first, second)  # reshuffled every epoch
-    again = data.make_block_pipeline(_id_bits(n), "static", batch, 2, seed=3, block_steps=10)
+    again = data.blocks(_id_bits(n), batch, seed=3, mode="static", levels=2, block_steps=10)
     np.testing.assert_array_equal(_epoch_rows(again)[0], first)  # same seed, same epochs
-    ordered = data.make_block_pipeline(_id_bits(n), "static", batch, 2, seed=3,
-                                       block_steps=10, shuffle=False)
+    ordered = data.blocks(_id_bits(n), batch, seed=3, mode="static", levels=2,
+                          block_steps=10, shuffle=False)
     np.testing.assert_array_equal(_epoch_rows(ordered)[0], np.arange(n))
 
 
 def test_block_pipeline_applies_the_mode_to_float_blocks():
     x = np.random.default_rng(0).integers(0, 256, (50, 6)).astype(np.uint8)
-    p = data.make_block_pipeline(x, "none", 10, 256, seed=0, shuffle=False)
+    p = data.blocks(x, 10, seed=0, mode="none", levels=256, shuffle=False)
     element = next(iter(p.dataset))
     assert p.steps_per_epoch == 1 and int(element["rows"]) == 50
     np.testing.assert_allclose(element["block"].numpy().reshape(50, 6), x / 255.0, rtol=1e-6)
-    dyn = next(iter(data.make_block_pipeline(x, "dynamic", 10, 256, seed=0).dataset))
+    dyn = next(iter(data.blocks(x, 10, seed=0, mode="dynamic", levels=256).dataset))
     assert set(np.unique(dyn["block"].numpy())) <= {0.0, 1.0}
 
 
 def test_block_pipeline_rejects_bad_input():
     with pytest.raises(data.ConfigError, match="larger than the 5 training examples"):
-        data.make_block_pipeline(np.zeros((5, 4), np.uint8), "static", 8, 2, seed=0)
+        data.blocks(np.zeros((5, 4), np.uint8), 8, seed=0)
     with pytest.raises(data.ConfigError, match="unknown pipeline mode"):
-        data.make_block_pipeline(np.zeros((5, 4), np.uint8), "bogus", 2, 2, seed=0)
+        data.blocks(np.zeros((5, 4), np.uint8), 2, seed=0, mode="bogus")
+    # Without a mode: binary rows are held bit-packed, others as given.
+    assert "bits" in next(iter(data.blocks(np.eye(6, 8, dtype=np.float32), 2).dataset))
+    assert "block" in next(iter(data.blocks(np.full((6, 8), 0.5, np.float32), 2).dataset))
 
 
-def _model(model_type, optimizer):
-    kwargs = dict(latent_dim=4, hidden=[16])
-    if model_type == "gaussian":
-        model = tfvae.GaussianVAE(**kwargs)
-    elif model_type == "bernoulli":
-        model = tfvae.BernoulliVAE(estimator="ema", **kwargs)
-    else:
-        model = tfvae.Autoencoder(**kwargs)
-    model.compile(optimizer=optimizer)
-    model.reseed(5)
-    return model
+@pytest.fixture
+def build(make_model):
+    def _build(family, optimizer):
+        model = make_model(family, hidden=(16,))
+        model.compile(optimizer=optimizer)
+        model.reseed(5)
+        return model
+
+    return _build
 
 
 def _block_of(x, steps, batch):
@@ -104,15 +105,15 @@ def _block_of(x, steps, batch):
 X70 = (np.random.default_rng(1).random((70, 784)) < 0.3).astype(np.uint8)  # 3 x 20 + 10
 
 
-def test_a_fused_block_makes_the_same_updates_as_single_steps():
+def test_a_fused_block_makes_the_same_updates_as_single_steps(build):
     """Blocks (XLA loop + a partial tail batch) == one train_step per batch.
 
     The autoencoder draws no noise, so the two paths must agree to rounding
     (plain SGD: Adam's normalisation would magnify the rounding of sums that
     XLA orders differently in parameters with tiny gradients).
     """
-    single = _model("ae", keras.optimizers.SGD(1e-3))
-    fused = _model("ae", keras.optimizers.SGD(1e-3))
+    single = build("ae-gmm", keras.optimizers.SGD(1e-3))
+    fused = build("ae-gmm", keras.optimizers.SGD(1e-3))
     before = [w.numpy() for w in single.trainable_weights]
     fused.set_weights(single.get_weights())
     for start in range(0, 70, 20):
@@ -131,13 +132,13 @@ def test_a_fused_block_makes_the_same_updates_as_single_steps():
 
 
 @pytest.mark.parametrize("model_type", ["gaussian", "bernoulli"])
-def test_fused_blocks_of_vaes_train_reproducibly(model_type):
+def test_fused_blocks_of_vaes_train_reproducibly(model_type, build):
     """VAEs draw noise: XLA's stateless random numbers are not the TF kernels',
     so the paths differ by the noise only; a fused run repeats for its seed."""
     runs = []
-    init = _model(model_type, "sgd").get_weights()
+    init = build(model_type, "sgd").get_weights()
     for _ in range(2):
-        model = _model(model_type, keras.optimizers.Adam(1e-3))
+        model = build(model_type, keras.optimizers.Adam(1e-3))
         model.set_weights(init)
         logs = model.train_step(_block_of(X70, 4, 20))
         runs.append(({k: float(v) for k, v in logs.items()},
@@ -150,7 +151,7 @@ def test_fused_blocks_of_vaes_train_reproducibly(model_type):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     for name in logs_a:
         np.testing.assert_allclose(logs_a[name], logs_b[name], rtol=1e-3, err_msg=name)
-    single = _model(model_type, keras.optimizers.Adam(1e-3))
+    single = build(model_type, keras.optimizers.Adam(1e-3))
     single.set_weights(init)
     for start in range(0, 70, 20):
         single.train_step(tf.constant(X70[start:start + 20], tf.float32))
@@ -159,10 +160,11 @@ def test_fused_blocks_of_vaes_train_reproducibly(model_type):
                                rtol=0.02)
 
 
-def test_fit_on_an_array_takes_every_batch_in_blocks():
+def test_fit_means_what_keras_means_and_blocks_are_opt_in():
+    """fit(array) is Keras' own loop; data.blocks(...) passed to fit is the fused path."""
     x = (np.random.default_rng(0).random((300, 784)) < 0.3).astype(np.float32)
     model = tfvae.GaussianVAE(latent_dim=4, hidden=[32])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=1)
     seen = []
 
     class Count(keras.callbacks.Callback):
@@ -172,19 +174,32 @@ def test_fit_on_an_array_takes_every_batch_in_blocks():
     history = model.fit(x, epochs=2, batch_size=64, verbose=0, callbacks=[Count()],
                         validation_data=(x[:50],))
     assert int(model.optimizer.iterations.numpy()) == 2 * 5  # ceil(300 / 64) per epoch
-    assert seen == [0, 0]  # one block per epoch
-    assert history.history["loss"][1] < history.history["loss"][0]
+    assert seen == [0, 1, 2, 3, 4] * 2  # batch hooks count batches
     assert "val_elbo" in history.history
-    # Inputs the fast path does not take go to Keras' own loop unchanged.
-    model.fit(x, epochs=1, batch_size=64, validation_split=0.2, verbose=0)
-    assert int(model.optimizer.iterations.numpy()) == 10 + 4  # 240 rows / 64
+    # The fused path on request: one Keras step (and batch hook) per block.
+    blocks = tfvae.data.blocks(x, batch_size=64, seed=0)
+    seen.clear()
+    history = model.fit(blocks.dataset, steps_per_epoch=blocks.steps_per_epoch, epochs=2,
+                        verbose=0, callbacks=[Count()])
+    assert int(model.optimizer.iterations.numpy()) == 10 + 2 * 5
+    assert seen == [0, 0]
+    assert history.history["loss"][1] < history.history["loss"][0]
 
 
-def test_fit_rejects_a_bad_batch_size():
-    model = tfvae.GaussianVAE(latent_dim=2, hidden=[8])
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
-        model.fit(np.zeros((10, 784), np.float32), batch_size=0, verbose=0)
+def test_compile_defaults_are_measured_and_overridable():
+    from tfvae.models.steps import JIT_COMPILE, STEPS_PER_EXECUTION
+
+    mlp = tfvae.GaussianVAE(latent_dim=2, hidden=[8])
+    mlp.compile(optimizer="adam")
+    assert int(mlp._steps_per_execution.numpy()) == STEPS_PER_EXECUTION
+    assert mlp.jit_compile is JIT_COMPILE["mlp"]
+    conv = tfvae.GaussianVAE(latent_dim=2, hidden=[8], arch="conv")
+    conv.compile(optimizer="adam")
+    assert conv.jit_compile is JIT_COMPILE["conv"]
+    mlp.compile(optimizer="adam", steps_per_execution=1, jit_compile=False)
+    assert int(mlp._steps_per_execution.numpy()) == 1 and mlp.jit_compile is False
+    mlp.compile(optimizer="adam", run_eagerly=True)
+    assert mlp.run_eagerly and not mlp.jit_compile
 
 
 @pytest.mark.parametrize("binary", [True, False])

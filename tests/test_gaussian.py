@@ -8,16 +8,21 @@ from tfvae._keras import keras, tf, tfd
 
 
 @pytest.fixture
-def model():
-    keras.utils.set_random_seed(0)
-    return tfvae.GaussianVAE(input_dim=784, latent_dim=3, hidden=(32,))
+def model(make_model):
+    return make_model("gaussian", latent_dim=3)
 
 
 def test_parts_are_tfp_distributions(model, binary_images):
+    from tfvae._keras import tfpl
+
     x = binary_images[:5]
     q = model.encode(x)
     assert q.batch_shape == (5,) and q.event_shape == (3,)
-    assert isinstance(q.distribution, tfd.Independent) or hasattr(q, "distribution")
+    # A tfp.layers distribution (wrapped to act as a tensor) over a diagonal Normal.
+    assert isinstance(q.tensor_distribution, tfd.Independent)
+    assert isinstance(q.distribution, tfd.Normal)
+    assert isinstance(model.encoder.layers[-1], tfpl.IndependentNormal)
+    assert isinstance(model.decoder.layers[-1], tfpl.IndependentBernoulli)
     # Reparameterized: gradients flow from a sample to the encoder.
     with tf.GradientTape() as tape:
         z = model.encode(x).sample()
@@ -96,14 +101,20 @@ def test_sample_is_seeded_and_in_range(model):
         model.sample(0)
 
 
-def test_gaussian_likelihood_with_scale_floor():
-    model = tfvae.GaussianVAE(input_dim=64, image_shape=(8, 8), latent_dim=2, hidden=(16,),
-                              likelihood="gaussian", min_scale=0.05)
+def test_gaussian_likelihood_with_scale_floor(make_model):
+    model = make_model("gaussian", input_dim=64, image_shape=(8, 8), latent_dim=2,
+                       hidden=(16,), likelihood="gaussian", min_scale=0.05)
     head = model.decoder.layers[-1]
     head.raw_scale.assign(tf.fill([64], -50.0))  # softplus -> 0: only the floor is left
     p = model.decode(tf.zeros([1, 2]))
     np.testing.assert_allclose(p.stddev().numpy(), 0.05, rtol=1e-5)
     assert np.isfinite(model.elbo_terms(tf.zeros([2, 64]))["reconstruction"].numpy()).all()
+
+
+def test_decoder_mirrors_encoder_unless_given(make_model):
+    assert make_model("gaussian", hidden=(64, 32)).decoder_sizes == (32, 64)
+    assert make_model("gaussian", hidden=(64, 32), decoder_hidden=(16,)).decoder_sizes == (16,)
+    assert make_model("gaussian", decoder_hidden="").decoder_sizes == ()
 
 
 def test_linear_decoder_and_conv_arch(binary_images):
@@ -114,7 +125,7 @@ def test_linear_decoder_and_conv_arch(binary_images):
                              arch="conv")
     assert conv.log_weights(binary_images[:3], 4).shape == (4, 3)
     assert conv.sample(2, seed=0).shape == (2, 784)
-    with pytest.raises(ValueError, match="divisible by 4"):
+    with pytest.raises(ValueError, match="use arch='mlp'"):
         tfvae.GaussianVAE(input_dim=30, image_shape=(5, 6), arch="conv")
 
 

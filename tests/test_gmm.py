@@ -52,8 +52,12 @@ def test_sample_shapes_and_reproducibility(fitted):
     assert z.shape == (500, 2) and z.dtype == np.float32
     assert np.array_equal(z, fitted.sample(500, seed=1))
     assert not np.array_equal(z, fitted.sample(500, seed=2))
-    components, z2 = fitted.sample_with_components(500, seed=1)
-    assert components.shape == (500,) and np.array_equal(z, z2)
+    # The exported sampler's noise: u picks the component, eps the point.
+    rng = np.random.default_rng(1)
+    u, eps = rng.random(500).astype(np.float32), rng.standard_normal((500, 2))
+    k = np.searchsorted(np.cumsum(fitted.weights)[:-1], u, side="right")
+    expected = fitted.means[k] + np.einsum("nij,nj->ni", fitted.cholesky[k], eps.astype(np.float32))
+    np.testing.assert_allclose(z, expected, rtol=1e-5, atol=1e-5)
     # Samples land near the data's centres, in proportion to the weights.
     nearest = np.argmin(((z[:, None, :] - CENTRES[None]) ** 2).sum(-1), axis=1)
     np.testing.assert_allclose(np.bincount(nearest, minlength=3) / 500, 1 / 3, atol=0.08)

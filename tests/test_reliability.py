@@ -60,7 +60,7 @@ def _make_bad_data(tmp_path, case):
         (tmp_path / "x.npz").write_bytes(b"PK\x03\x04 this is not a zip")
         return str(tmp_path / "x.npz")
     if case == "wrong-shape":
-        np.save(tmp_path / "x.npy", rng.random((20, 4, 4, 3)).astype(np.float32))
+        np.save(tmp_path / "x.npy", rng.random((20, 4, 4, 2)).astype(np.float32))
         return str(tmp_path / "x.npy")
     if case == "empty":
         np.save(tmp_path / "x.npy", np.zeros((0, 784), np.float32))
@@ -168,7 +168,8 @@ def test_manifest_paths_must_stay_inside_the_export(tmp_path):
     from tfvae.export import FORMAT, read_manifest
 
     (tmp_path / "manifest.json").write_text(json.dumps(
-        {"format": FORMAT, "files": {"../../etc/passwd": {"sha256": "0", "bytes": 1}}}))
+        {"format": FORMAT, "format_version": 2,
+         "files": {"../../etc/passwd": {"sha256": "0", "bytes": 1}}}))
     with pytest.raises(RunDirError, match="outside its directory"):
         read_manifest(tmp_path)
 

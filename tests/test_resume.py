@@ -26,14 +26,17 @@ def test_resume_continues_from_the_last_epoch(tmp_path):
 
     # The full state (optimizer included) comes back.
     config = runs.load_config(out)
-    model = training.compile_model(runs.build_model(config), config)
+    model = runs.build_model(config)
+    model.compile(optimizer=tfvae.keras.optimizers.Adam(config.lr))
     training._restore_state(model, out / "checkpoints" / state["prefix"], out)
     data = json.loads((out / "run.json").read_text())["data"]
     steps_per_epoch = -(-data["train"] // config.batch_size)
     assert int(model.optimizer.iterations.numpy()) == 2 * steps_per_epoch
 
-    with pytest.raises(RunDirError, match="already completed"):
+    with pytest.raises(RunDirError, match="completed all 2 epochs"):
         tfvae.train(resume=out, verbose=0)
+    with pytest.raises(RunDirError, match="--epochs 1 is fewer"):
+        tfvae.train(resume=out, epochs=1, verbose=0)
     run = tfvae.train(resume=out, epochs=3, verbose=0, figures=False)
     assert [h["epoch"] for h in run.history] == [1, 2, 3]
     assert run.status["status"] == "completed" and run.status["epochs_completed"] == 3
@@ -42,12 +45,14 @@ def test_resume_continues_from_the_last_epoch(tmp_path):
         tfvae.train(resume=out, epochs=4, lr=0.1)
 
 
-def test_resume_needs_a_completed_epoch(tmp_path):
+def test_a_run_with_no_completed_epoch_starts_again_on_resume(tmp_path):
     out = tmp_path / "fresh"
-    out.mkdir()
-    (out / "config.json").write_text(tfvae.Config().to_json())
-    with pytest.raises(RunDirError, match="no completed epoch"):
-        tfvae.train(resume=out)
+    (out / "checkpoints" / "state").mkdir(parents=True)
+    (out / "config.json").write_text(tfvae.Config(hidden=(32,), latent_dim=2).to_json())
+    (out / "checkpoints" / "state" / "epoch-0001.index").write_bytes(b"partial")
+    run = tfvae.train(resume=out, epochs=1, verbose=0, figures=False)
+    assert [h["epoch"] for h in run.history] == [1]
+    assert run.status["status"] == "completed"
 
 
 def _cli(*args):

@@ -48,7 +48,7 @@ def test_digits_trains_with_gaussian_likelihood(tmp_path):
     run = tfvae.train(out=tmp_path / "digits", dataset="digits", epochs=2, hidden=(32,),
                       latent_dim=2, batch_size=64, iwae_k=5, verbose=0, figures=False)
     assert run.config.likelihood == "gaussian"
-    assert run.config.image_shape == (8, 8)
+    assert run.config.image_shape == (8, 8, 1)
     ev = run.evaluation
     assert np.isfinite(ev["elbo"]) and np.isfinite(ev["log_likelihood"])
     samples = run.model.sample(4, seed=0)

@@ -24,9 +24,9 @@ _LAZY = {
     "GMMSampler": ("tfvae.gmm", "GMMSampler"),
     "evaluate": ("tfvae.evaluation", "evaluate"),
     "train": ("tfvae.training", "train"),
-    "build_model": ("tfvae.runs", "build_model"),
-    "load_run": ("tfvae.runs", "load_run"),
-    "Run": ("tfvae.runs", "Run"),
+    "build_model": ("tfvae.runs.store", "build_model"),
+    "load_run": ("tfvae.runs.store", "load_run"),
+    "Run": ("tfvae.runs.store", "Run"),
     "load_dataset": ("tfvae.data", "load_dataset"),
     "prepare": ("tfvae.data", "prepare"),
     "Config": ("tfvae.config", "Config"),
@@ -34,6 +34,7 @@ _LAZY = {
     "DataError": ("tfvae.errors", "DataError"),
     "ConfigError": ("tfvae.errors", "ConfigError"),
     "RunDirError": ("tfvae.errors", "RunDirError"),
+    "Interrupted": ("tfvae.errors", "Interrupted"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -1,9 +1,12 @@
 """Run configuration: one dataclass whose fields map one to one onto CLI options.
 
-The configuration is written as ``config.json`` next to every checkpoint and
-read back by :func:`tfvae.load_run`, so a run can always be rebuilt from its
-directory without pickle. Validation happens here, at the boundary where
-options enter, so the rest of the library can trust them.
+Each field carries its help text and, for a choice, the table of
+:mod:`tfvae.options` it takes its values from; ``tfvae train``'s click
+options are generated from these fields, so names, defaults and help exist
+once. The configuration is written as ``config.json`` next to every
+checkpoint and read back by :func:`tfvae.load_run`, so a run can always be
+rebuilt from its directory without pickle. Validation happens here, at the
+boundary where options enter, so the rest of the library can trust them.
 """
 
 from __future__ import annotations
@@ -13,18 +16,10 @@ import json
 import math
 from typing import Any
 
+from tfvae import options
 from tfvae.errors import ConfigError
 
-MODELS = ("gaussian", "bernoulli", "ae-gmm")
-LIKELIHOODS = ("bernoulli", "gaussian")
-ARCHS = ("mlp", "conv")
-BINARIZE = ("none", "static", "dynamic", "threshold")
-ESTIMATORS = ("reinforce", "ema", "nvil", "rloo", "disarm", "vimco")
-COVARIANCES = ("full", "tied", "diag", "spherical")
-# Keys of tfvae.distribute.STRATEGIES.
-STRATEGIES = ("default", "mirrored", "multiworker")
-
-# Config fields that describe the network (passed to the model constructor);
+# Config fields that describe the network (passed to every model constructor);
 # the others describe data and optimisation.
 MODEL_FIELDS = (
     "input_dim",
@@ -36,6 +31,27 @@ MODEL_FIELDS = (
     "arch",
     "min_scale",
 )
+
+#: Fields a resumed run may change (``tfvae train --resume DIR --epochs N``).
+RESUMABLE_FIELDS = ("epochs", "strategy")
+
+
+def _option(default, help: str, *, choices=None, kind=None, flag=None, cli=True,
+            show_default=True):
+    """A dataclass field with what the CLI needs to offer it as an option.
+
+    Args:
+      default: the default value (the CLI shows it unless ``show_default`` is off).
+      help: the option's help text.
+      choices: a table of :mod:`tfvae.options` the value must be a key of.
+      kind: ``"sizes"`` (comma-separated layer sizes), ``"path"``, or None
+        (the click type follows the default's Python type).
+      flag: a click declaration such as ``"--learn-prior/--fixed-prior"``.
+      cli: whether ``tfvae train`` offers it.
+    """
+    metadata = {"help": help, "choices": choices, "kind": kind, "flag": flag, "cli": cli,
+                "show_default": show_default}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def parse_sizes(value: Any, name: str = "hidden", allow_empty: bool = True) -> tuple[int, ...]:
@@ -49,6 +65,7 @@ def parse_sizes(value: Any, name: str = "hidden", allow_empty: bool = True) -> t
     Returns:
       A tuple of positive ints.
     """
+    flag = f"--{name.replace('_', '-')}"
     if value is None:
         return ()
     if isinstance(value, str):
@@ -60,8 +77,8 @@ def parse_sizes(value: Any, name: str = "hidden", allow_empty: bool = True) -> t
                 parts = [int(p) for p in text.split(",") if p.strip() != ""]
             except ValueError:
                 raise ConfigError(
-                    f"--{name.replace('_', '-')} must be comma-separated positive integers "
-                    f"such as 400 or 512,256; got {value!r}"
+                    f"{flag} must be comma-separated positive integers such as 400 or "
+                    f"512,256; got {value!r}"
                 ) from None
     elif isinstance(value, int) and not isinstance(value, bool):
         parts = [value]
@@ -73,12 +90,24 @@ def parse_sizes(value: Any, name: str = "hidden", allow_empty: bool = True) -> t
                 f"{name} must be a sequence of positive integers, got {value!r}"
             ) from None
     if any(p <= 0 for p in parts):
-        raise ConfigError(
-            f"--{name.replace('_', '-')} sizes must be positive integers, got {value!r}"
-        )
+        raise ConfigError(f"{flag} sizes must be positive integers, got {value!r}")
     if not parts and not allow_empty:
-        raise ConfigError(f"--{name.replace('_', '-')} needs at least one layer size")
+        raise ConfigError(f"{flag} needs at least one layer size")
     return tuple(parts)
+
+
+def image_shape_3d(shape) -> tuple[int, int, int]:
+    """``(H, W, C)`` from ``(H, W)`` or ``(H, W, C)``; ConfigError otherwise."""
+    try:
+        shape = tuple(int(s) for s in shape)
+    except (TypeError, ValueError):
+        raise ConfigError(f"image_shape must be (H, W) or (H, W, C), got {shape!r}") from None
+    if len(shape) == 2:
+        shape = shape + (1,)
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ConfigError(f"image_shape must be (H, W) or (H, W, C) of positive sizes, "
+                          f"got {shape!r}")
+    return shape
 
 
 @dataclasses.dataclass
@@ -97,67 +126,90 @@ class Config:
       True
     """
 
-    model: str = "gaussian"
-    dataset: str | None = None
-    data_dir: str | None = None
-    tfds_data_dir: str | None = None
-    binarize: str | None = None
-    likelihood: str | None = None
-    arch: str = "mlp"
-    epochs: int = 20
-    latent_dim: int = 20
-    hidden: tuple[int, ...] = (400,)
-    decoder_hidden: tuple[int, ...] | None = None
-    kl_warmup: int = 0
-    batch_size: int = 128
-    lr: float = 1e-3
-    seed: int = 0
-    val_fraction: float = 0.05
-    min_scale: float = 1e-3
-    iwae_k: int = 100
-    deterministic: bool = False
-    # tf.distribute strategy: "default" (one device), "mirrored", "multiworker".
-    strategy: str = "default"
+    model: str = _option("gaussian", "Model family.", choices=options.MODELS)
+    dataset: str | None = _option(
+        None, "mnist-10k (embedded, the default), digits (scikit-learn), or a "
+        "tensorflow-datasets name (mnist, fashion_mnist, binarized_mnist, kmnist...).",
+        show_default=False)
+    data_dir: str | None = _option(
+        None, "A directory of MNIST-format IDX .gz files, or one .npz or .npy file.",
+        kind="path")
+    tfds_data_dir: str | None = _option(
+        None, "tensorflow-datasets data directory holding prepared data sets.", kind="path")
+    binarize: str | None = _option(
+        None, "Binarization [default: dynamic for a Bernoulli likelihood, none for a "
+        "Gaussian one].", choices=options.BINARIZE)
+    likelihood: str | None = _option(
+        None, "Observation model [default: bernoulli for pixels, gaussian for real-valued "
+        "data such as digits].", choices=options.LIKELIHOODS)
+    arch: str = _option("mlp", "Encoder and decoder architecture.", choices=options.ARCHS)
+    epochs: int = _option(20, "Training epochs.")
+    latent_dim: int = _option(20, "Size of the latent code.")
+    hidden: tuple[int, ...] = _option((400,), "Encoder hidden sizes, e.g. 400 or 512,256.",
+                                      kind="sizes")
+    decoder_hidden: tuple[int, ...] | None = _option(
+        None, "Decoder hidden sizes [default: the encoder's, mirrored]; '' for linear.",
+        kind="sizes")
+    kl_warmup: int = _option(0, "Epochs of linear KL warm-up (0: none).")
+    batch_size: int = _option(128, "Examples per training step (the global batch).")
+    lr: float = _option(1e-3, "Adam learning rate.")
+    seed: int = _option(0, "Seed of initialisation, data order and training noise.")
+    val_fraction: float = _option(
+        0.05, "Share of the training split held out to pick the best checkpoint.")
+    min_scale: float = _option(1e-3, "Floor of the Gaussian likelihood's per-pixel scale.")
+    iwae_k: int = _option(100, "Importance samples for the test log-likelihood after training.")
+    deterministic: bool = _option(
+        False, "Turn on TensorFlow op determinism: same seed, same figures exactly "
+        "(may be slower).", flag="--deterministic")
+    strategy: str = _option(
+        "default", "tf.distribute strategy: one device, every local GPU (mirrored), or "
+        "several machines described by TF_CONFIG (multiworker); --batch-size is the global "
+        "batch, split across replicas.", choices=options.STRATEGIES)
     # Bernoulli-latent VAE.
-    estimator: str = "ema"
-    baseline_decay: float = 0.9
-    num_samples: int = 4
-    learn_prior: bool = False
+    estimator: str = _option("ema", "Gradient estimator (bernoulli model).",
+                             choices=options.ESTIMATORS)
+    baseline_decay: float = _option(
+        0.9, "Moving-average baseline decay (bernoulli model, ema and nvil).")
+    num_samples: int = _option(4, "Samples per example for rloo / vimco (bernoulli model).")
+    learn_prior: bool = _option(False, "Learned prior logits (bernoulli model).",
+                                flag="--learn-prior/--fixed-prior")
     # Autoencoder + Gaussian mixture.
-    components: int | str = 10
-    covariance: str = "full"
+    components: int | str = _option(
+        10, "Mixture components, or 'auto' to choose by BIC (ae-gmm model).", kind="str")
+    covariance: str = _option("full", "Mixture covariance type (ae-gmm model).",
+                              choices=options.COVARIANCES)
     # Filled in from the data when the run starts.
-    input_dim: int | None = None
-    image_shape: tuple[int, ...] | None = None
+    input_dim: int | None = _option(None, "Values per example (from the data).", cli=False)
+    image_shape: tuple[int, ...] | None = _option(
+        None, "(height, width, channels) of an example (from the data).", cli=False)
 
     def __post_init__(self):
         self.hidden = parse_sizes(self.hidden, "hidden")
         if self.decoder_hidden is not None:
             self.decoder_hidden = parse_sizes(self.decoder_hidden, "decoder_hidden")
         if self.image_shape is not None:
-            self.image_shape = tuple(int(s) for s in self.image_shape)
+            self.image_shape = image_shape_3d(self.image_shape)
         self.validate()
 
     def validate(self) -> None:
         """Raises ConfigError naming the first invalid field and what to use instead."""
-        _choice("model", self.model, MODELS)
-        _choice("arch", self.arch, ARCHS)
-        _choice("strategy", self.strategy, STRATEGIES)
-        _choice("estimator", self.estimator, ESTIMATORS)
-        _choice("covariance", self.covariance, COVARIANCES)
-        if self.likelihood is not None:
-            _choice("likelihood", self.likelihood, LIKELIHOODS)
-        if self.binarize is not None:
-            _choice("binarize", self.binarize, BINARIZE)
+        for f in dataclasses.fields(self):
+            table = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if table is not None and value is not None and value not in table:
+                raise ConfigError(
+                    f"unknown {f.name} {value!r}; choose one of: {', '.join(table)}"
+                )
         if self.dataset is not None and self.data_dir is not None:
             raise ConfigError("give either --dataset or --data-dir, not both")
         for name in ("epochs", "latent_dim", "batch_size", "iwae_k", "num_samples"):
             _positive_int(name, getattr(self, name))
-        if not isinstance(self.kl_warmup, int) or self.kl_warmup < 0:
+        if isinstance(self.kl_warmup, bool) or not isinstance(self.kl_warmup, int) \
+                or self.kl_warmup < 0:
             raise ConfigError(
                 f"--kl-warmup must be an integer >= 0 (epochs), got {self.kl_warmup!r}"
             )
-        if not isinstance(self.seed, int) or self.seed < 0:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"--seed must be an integer >= 0, got {self.seed!r}")
         if not (_finite(self.lr) and self.lr > 0):
             raise ConfigError(f"--lr must be a positive number, got {self.lr!r}")
@@ -169,28 +221,16 @@ class Config:
             raise ConfigError(f"--min-scale must be a positive number, got {self.min_scale!r}")
         if not (_finite(self.baseline_decay) and 0.0 <= self.baseline_decay < 1.0):
             raise ConfigError(f"--baseline-decay must be in [0, 1), got {self.baseline_decay!r}")
-        if self.estimator in ("rloo", "vimco") and self.num_samples < 2:
+        needed = options.ESTIMATORS[self.estimator].min_samples
+        if self.num_samples < needed:
             raise ConfigError(
-                f"--estimator {self.estimator} needs --num-samples >= 2, got {self.num_samples}"
+                f"--estimator {self.estimator} needs --num-samples >= {needed}, "
+                f"got {self.num_samples}"
             )
-        if self.components != "auto":
-            try:
-                self.components = int(self.components)
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    f"--components must be a positive integer or 'auto', got {self.components!r}"
-                ) from None
-            _positive_int("components", self.components)
-
-    @property
-    def decoder_sizes(self) -> tuple[int, ...]:
-        """Decoder hidden sizes: given ones, or the encoder's mirrored."""
-        if self.decoder_hidden is not None:
-            return tuple(self.decoder_hidden)
-        return tuple(reversed(self.hidden))
+        self.components = parse_components(self.components)
 
     def model_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the model constructor (data fields must be set)."""
+        """Keyword arguments every model constructor takes (data fields must be set)."""
         if self.input_dim is None or self.image_shape is None:
             raise ConfigError("input_dim and image_shape are filled in from the data first")
         return {name: getattr(self, name) for name in MODEL_FIELDS}
@@ -215,7 +255,10 @@ class Config:
             raise ConfigError(
                 f"unknown configuration fields {unknown}; this tfvae knows {sorted(known)}"
             )
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as exc:  # e.g. a list where a number belongs
+            raise ConfigError(f"invalid configuration: {exc}") from None
 
     @classmethod
     def from_json(cls, text: str) -> Config:
@@ -226,11 +269,20 @@ class Config:
         return cls.from_dict(data)
 
 
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
+def parse_components(value) -> int | str:
+    """``"auto"`` or a positive int, from an int or its text (``--components``)."""
+    if value == "auto":
+        return "auto"
+    try:
+        number = int(value)
+        if isinstance(value, bool) or (isinstance(value, float) and number != value):
+            raise ValueError
+    except (TypeError, ValueError):
         raise ConfigError(
-            f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}"
-        )
+            f"--components must be a positive integer or 'auto', got {value!r}"
+        ) from None
+    _positive_int("components", number)
+    return number
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -52,7 +52,7 @@ def gradient_variance(model, x, estimators=None, num_draws: int = 50, seed: int 
       and ``norm_snr`` (``||mean g|| / sqrt(variance)``).
     """
     from tfvae._keras import tf
-    from tfvae.models.base import stateless_seed
+    from tfvae.utils import stateless_seed
 
     if not hasattr(model, "estimate"):
         raise ConfigError(

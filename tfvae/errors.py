@@ -21,3 +21,19 @@ class ConfigError(TfvaeError):
 
 class RunDirError(TfvaeError):
     """A run or export directory is missing, incomplete or not a tfvae directory."""
+
+
+class TfvaeWarning(UserWarning):
+    """Something a user should know about, but that does not stop the work."""
+
+
+class DataWarning(TfvaeWarning):
+    """The data look wrong for the chosen model (blank images, values out of range)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training was stopped by Ctrl-C or SIGTERM at a clean point.
+
+    The message says what was kept and the command that continues the run.
+    A KeyboardInterrupt, so code that stops on Ctrl-C keeps doing so.
+    """

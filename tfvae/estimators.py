@@ -6,9 +6,10 @@ Each estimator here is one function ``fn(problem, state) -> Estimate`` that
 draws its own samples from the encoder logits and returns a *surrogate loss*:
 a scalar whose gradient is the estimator (for the encoder: the score-function
 or antithetic estimate; for the decoder and the prior: the usual Monte Carlo
-gradient at the fixed samples). Adding an estimator is one function plus one
-:func:`register` decorator; :class:`tfvae.BernoulliVAE` looks estimators up
-by name in :data:`ESTIMATORS` and never branches on names.
+gradient at the fixed samples). Adding an estimator is one function with a
+:func:`register` decorator plus its line in :data:`tfvae.options.ESTIMATORS`
+(its name, what it needs, what it estimates); :class:`tfvae.BernoulliVAE`
+looks estimators up by name in :data:`ESTIMATORS` and never branches on names.
 
 Shapes in comments: ``batch`` examples, ``latent`` binary units, ``k``
 samples per example.
@@ -30,9 +31,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
-from tfvae import objectives
+from tfvae import objectives, options
 from tfvae._keras import tf, tfd, tfp
 from tfvae.distribute import global_mean
+from tfvae.errors import ConfigError
 
 
 class Problem(NamedTuple):
@@ -101,25 +103,24 @@ class Estimate(NamedTuple):
     updates: dict
 
 
-#: name -> estimator function; keys match ``tfvae.config.ESTIMATORS``.
+#: name -> estimator function; the names and metadata are those of
+#: :data:`tfvae.options.ESTIMATORS`.
 ESTIMATORS: dict[str, Callable[[Problem, State], Estimate]] = {}
 
 
-def register(name: str, *, min_samples: int = 1, input_baseline: bool = False,
-             objective: str = "elbo"):
+def register(name: str):
     """Registers an estimator function under ``name`` (a decorator).
 
-    Args:
-      name: registry key (``--estimator`` value).
-      min_samples: the smallest ``num_samples`` the estimator works with.
-      input_baseline: whether the model must own a baseline network ``c(x)``.
-      objective: ``"elbo"`` or ``"k-sample bound"``: what the gradient is of.
+    ``name`` must have an entry in :data:`tfvae.options.ESTIMATORS`, which
+    holds what the function needs (``min_samples``, ``input_baseline``) and
+    what it estimates (``objective``); the function gets those as attributes.
     """
+    info = options.ESTIMATORS[name]
 
     def wrap(fn):
-        fn.min_samples = min_samples
-        fn.input_baseline = input_baseline
-        fn.objective = objective
+        fn.min_samples = info.min_samples
+        fn.input_baseline = info.input_baseline
+        fn.objective = info.objective
         ESTIMATORS[name] = fn
         return fn
 
@@ -127,18 +128,13 @@ def register(name: str, *, min_samples: int = 1, input_baseline: bool = False,
 
 
 def get(name: str):
-    """The estimator function called ``name``; ValueError naming the choices otherwise."""
+    """The estimator function called ``name``; ConfigError naming the choices otherwise."""
     try:
         return ESTIMATORS[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown estimator {name!r}; choose one of: {', '.join(ESTIMATORS)}"
         ) from None
-
-
-def initial_state() -> State:
-    """The state of a fresh model: no running mean yet."""
-    return State(mean=tf.constant(0.0), var=tf.constant(0.0), initialized=tf.constant(0.0))
 
 
 # ------------------------------------------------------------------ helpers
@@ -230,7 +226,7 @@ def ema(problem: Problem, state: State) -> Estimate:
     return Estimate(loss, f, signal, baseline, updates)
 
 
-@register("nvil", input_baseline=True)
+@register("nvil")
 def nvil(problem: Problem, state: State) -> Estimate:
     """Neural variational inference and learning (Mnih & Gregor 2014, section 3.3).
 
@@ -266,7 +262,7 @@ def nvil(problem: Problem, state: State) -> Estimate:
     return Estimate(loss, f, signal, tf.stop_gradient(c) + mean, updates)
 
 
-@register("rloo", min_samples=2)
+@register("rloo")
 def rloo(problem: Problem, state: State) -> Estimate:
     """REINFORCE leave-one-out (Kool, van Hoof & Welling 2019; Salimans & Knowles 2014).
 
@@ -312,7 +308,7 @@ def disarm(problem: Problem, state: State) -> Estimate:
     return Estimate(loss, f[0], diff, tf.stop_gradient(f[1]), {})
 
 
-@register("vimco", min_samples=2, objective="k-sample bound")
+@register("vimco")
 def vimco(problem: Problem, state: State) -> Estimate:
     """VIMCO (Mnih & Rezende 2016, eqs. 3, 8-10): gradient of the k-sample bound.
 

@@ -18,10 +18,12 @@ outputs, which keeps memory bounded for k up to 5000 and beyond.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from tfvae import objectives
 from tfvae.errors import ConfigError
+from tfvae.utils import stateless_seed
 
 DEFAULT_K = 1000
 MAX_K = 100_000
@@ -43,6 +45,54 @@ def _as_matrix(x, input_dim: int) -> np.ndarray:
     return x  # cast to float32 a batch at a time (uint8 bits stay compact)
 
 
+def check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ConfigError(f"k must be a positive integer (importance samples), got {k!r}")
+    if k > MAX_K:
+        raise ConfigError(f"k={k} is more than tfvae supports ({MAX_K}); use a smaller --k")
+    return int(k)
+
+
+def _elbo_pass(model, x, batch_size, seed, progress):
+    """Per-example reconstruction and KL, posterior means and KL per dimension."""
+    from tfvae._keras import tf
+
+    spec = tf.TensorSpec([None, model.input_dim], tf.float32)
+
+    @tf.function(input_signature=[spec, tf.TensorSpec([2], tf.int32)], reduce_retracing=True)
+    def batch(xb, s):
+        terms = model.elbo_terms(xb, seed=s)
+        return terms["reconstruction"], terms["kl"], model.posterior_mean(xb), \
+            model.kl_per_dim(xb)
+
+    parts = []
+    for i, start in enumerate(range(0, len(x), batch_size)):
+        xb = x[start:start + batch_size].astype(np.float32, copy=False)
+        parts.append([t.numpy() for t in batch(xb, stateless_seed(seed, 2 * i))])
+        progress("elbo", min(start + batch_size, len(x)), len(x))
+    return [np.concatenate(column) for column in zip(*parts, strict=True)]
+
+
+def _iwae_pass(model, x, k, seed, max_elements, progress):
+    """Per-example k-sample bounds, in chunks of about ``max_elements`` outputs."""
+    from tfvae import objectives
+    from tfvae._keras import tf
+
+    spec = tf.TensorSpec([None, model.input_dim], tf.float32)
+
+    @tf.function(input_signature=[spec, tf.TensorSpec([2], tf.int32)], reduce_retracing=True)
+    def chunk_bound(xb, s):
+        return objectives.iwae_bound(model.log_weights(xb, k, seed=s))
+
+    chunk = max(1, min(len(x), max_elements // (k * model.input_dim)))
+    bounds = []
+    for i, start in enumerate(range(0, len(x), chunk)):
+        xb = x[start:start + chunk].astype(np.float32, copy=False)
+        bounds.append(chunk_bound(xb, stateless_seed(seed, 2 * i + 1)).numpy())
+        progress("iwae", min(start + chunk, len(x)), len(x))
+    return np.concatenate(bounds)
+
+
 def evaluate(
     model,
     data,
@@ -50,6 +100,7 @@ def evaluate(
     batch_size: int = 500,
     seed: int = 0,
     max_elements: int = 1 << 21,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
     """Evaluates a trained model on data.
 
@@ -63,60 +114,22 @@ def evaluate(
       batch_size: examples per ELBO batch.
       seed: seed of the evaluation's random draws (same seed, same figures).
       max_elements: bound on ``examples x k x D`` per IWAE chunk.
+      progress: called as ``progress(phase, done, total)`` after each batch,
+        with phase ``"elbo"`` then ``"iwae"`` and ``done`` examples of ``total``.
 
     Returns:
       A dict with ``elbo``, ``reconstruction``, ``kl``, ``log_likelihood``,
       ``k``, ``active_units``, ``kl_per_dim`` (list), ``n``; nats per example.
     """
-    from tfvae._keras import tf
-    from tfvae.models.base import stateless_seed
-
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise ConfigError(f"k must be a positive integer (importance samples), got {k!r}")
-    if k > MAX_K:
-        raise ConfigError(f"k={k} is more than tfvae supports ({MAX_K}); use a smaller --k")
+    k = check_k(k)
     if isinstance(batch_size, bool) or int(batch_size) <= 0:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    k = int(k)
     model.check_ready()  # eagerly: a clear error rather than one from inside a trace
     x = _as_matrix(data, model.input_dim)
-    n = len(x)
-
-    spec = tf.TensorSpec([None, model.input_dim], tf.float32)
-    seed_spec = tf.TensorSpec([2], tf.int32)
-
-    @tf.function(input_signature=[spec, seed_spec], reduce_retracing=True)
-    def elbo_batch(xb, s):
-        terms = model.elbo_terms(xb, seed=s)
-        return (
-            terms["reconstruction"],
-            terms["kl"],
-            model.posterior_mean(xb),
-            model.kl_per_dim(xb),
-        )
-
-    @tf.function(input_signature=[spec, seed_spec], reduce_retracing=True)
-    def iwae_batch(xb, s):
-        return objectives.iwae_bound(model.log_weights(xb, k, seed=s))
-
-    rec, kl, means, kl_dims = [], [], [], []
-    for i, start in enumerate(range(0, n, batch_size)):
-        xb = x[start:start + batch_size].astype(np.float32, copy=False)
-        r, kk, m, kd = elbo_batch(xb, stateless_seed(seed, 2 * i))
-        rec.append(r.numpy())
-        kl.append(kk.numpy())
-        means.append(m.numpy())
-        kl_dims.append(kd.numpy())
-    rec, kl = np.concatenate(rec), np.concatenate(kl)
-    means, kl_dims = np.concatenate(means), np.concatenate(kl_dims)
-
-    chunk = max(1, min(n, max_elements // (k * model.input_dim)))
-    bounds = []
-    for i, start in enumerate(range(0, n, chunk)):
-        xb = x[start:start + chunk].astype(np.float32, copy=False)
-        b = iwae_batch(xb, stateless_seed(seed, 2 * i + 1))
-        bounds.append(b.numpy())
-    bounds = np.concatenate(bounds)
+    progress = progress or (lambda phase, done, total: None)
+    rec, kl, means, kl_dims = _elbo_pass(model, x, int(batch_size), seed, progress)
+    bounds = _iwae_pass(model, x, k, seed, max_elements, progress)
+    from tfvae import objectives
 
     count, _ = objectives.active_units(means)
     return {
@@ -127,5 +140,5 @@ def evaluate(
         "k": k,
         "active_units": count,
         "kl_per_dim": [float(v) for v in kl_dims.mean(axis=0)],
-        "n": int(n),
+        "n": int(len(x)),
     }

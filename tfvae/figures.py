@@ -21,27 +21,37 @@ def _figure(width: float, height: float):
     return fig
 
 
+def _hwc(image_shape) -> tuple[int, int, int]:
+    shape = tuple(int(s) for s in image_shape)
+    return shape if len(shape) == 3 else shape + (1,)
+
+
 def tile(images: np.ndarray, image_shape, columns: int | None = None) -> np.ndarray:
-    """Arranges ``[n, H*W]`` images into one ``[rows*H, columns*W]`` array."""
+    """Arranges ``[n, H*W*C]`` images into one ``[rows*H, columns*W, C]`` array.
+
+    ``image_shape`` is ``(H, W)`` or ``(H, W, C)`` (rows channel-last); the
+    channel axis is dropped for grey-level images.
+    """
     images = np.asarray(images, dtype=np.float32)
-    height, width = image_shape
+    height, width, channels = _hwc(image_shape)
     n = len(images)
     columns = columns or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / columns))
-    grid = np.ones((rows * height, columns * width), dtype=np.float32)
-    for i, image in enumerate(images.reshape(n, height, width)):
+    grid = np.ones((rows * height, columns * width, channels), dtype=np.float32)
+    for i, image in enumerate(images.reshape(n, height, width, channels)):
         r, c = divmod(i, columns)
         grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = image
-    return grid
+    return grid[..., 0] if channels == 1 else grid
 
 
 def save_grid(path, images, image_shape, title: str | None = None, columns: int | None = None):
-    """Saves images as one grayscale grid PNG (values clipped to [0, 1])."""
+    """Saves images as one grid PNG, grey-level or RGB (values clipped to [0, 1])."""
     grid = np.clip(tile(images, image_shape, columns), 0.0, 1.0)
-    scale = 4.0 / max(grid.shape)
+    scale = 4.0 / max(grid.shape[:2])
     fig = _figure(max(2.0, grid.shape[1] * scale * 1.5), max(2.0, grid.shape[0] * scale * 1.5))
     ax = fig.add_subplot(1, 1, 1)
-    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0.0, vmax=1.0,
+              interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -59,13 +69,14 @@ def save_reconstructions(path, originals, reconstructions, image_shape, n: int =
 
 def save_curves(path, history: list[dict]):
     """Training (and validation) loss and ELBO terms per epoch."""
-    fig = _figure(9, 3)
+    names = [n for n in ("loss", "reconstruction", "kl") if all(n in h for h in history)]
+    fig = _figure(3 * len(names), 3)
     epochs = [h["epoch"] for h in history]
-    for i, name in enumerate(("loss", "reconstruction", "kl")):
-        ax = fig.add_subplot(1, 3, i + 1)
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(1, len(names), i + 1)
         for prefix, style in (("", "-"), ("val_", "--")):
             values = [h.get(prefix + name) for h in history]
-            if all(v is not None for v in values) and values:
+            if all(v is not None for v in values):
                 ax.plot(epochs, values, style, label=(prefix or "train_").rstrip("_"))
         ax.set_title(name)
         ax.set_xlabel("epoch")
@@ -79,11 +90,13 @@ def save_manifold(path, decode_mean, image_shape, quantiles, n: int = 15):
     """The 2-D latent manifold: decoded grid of codes at the prior's quantiles.
 
     Args:
-      decode_mean: function ``[m, 2] codes -> [m, D] means``.
-      quantiles: function mapping probabilities in (0, 1) to prior coordinates.
+      decode_mean: function ``[m, 2] codes -> [m, D] means`` (numpy).
+      quantiles: function mapping ``m`` probabilities in (0, 1) to ``[m, 2]``
+        prior coordinates (one column per latent dimension).
     """
-    grid = quantiles(np.linspace(0.05, 0.95, n))
-    codes = np.array([[a, b] for b in grid[::-1] for a in grid], dtype=np.float32)
+    grid = np.asarray(quantiles(np.linspace(0.05, 0.95, n)), np.float32).reshape(n, -1)
+    xs, ys = grid[:, 0], grid[:, -1]
+    codes = np.array([[a, b] for b in ys[::-1] for a in xs], dtype=np.float32)
     return save_grid(path, decode_mean(codes), image_shape, "latent manifold", columns=n)
 
 

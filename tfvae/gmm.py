@@ -20,8 +20,6 @@ on scikit-learn's internals or version, and the arrays round-trip through
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -29,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from tfvae.errors import ConfigError, RunDirError, TfvaeError
+from tfvae.files import atomic_path, atomic_write_json, read_json
+from tfvae.noise import positive_count
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 NPZ_NAME = "gmm.npz"
@@ -218,8 +218,7 @@ class GMMSampler:
                 random_state=self.seed,
             )
             try:
-                # EM on codes is many small BLAS calls: one thread was 10x faster
-                # than two (9,000 x 20 codes, 10 components: 0.6 s against 7 s).
+                # EM on codes is many small BLAS calls, which threads only slow down.
                 with threadpool_limits(limits=1, user_api="blas"):
                     gm.fit(z)
             except ValueError as exc:  # "ill-defined empirical covariance"
@@ -238,24 +237,36 @@ class GMMSampler:
 
     # ------------------------------------------------------------- sampling
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
-        """Draws ``n`` codes ``[n, d]`` (float32); the same seed gives the same codes."""
-        components, z = self._sample(n, seed)
-        del components
-        return z
+        """Draws ``n`` codes ``[n, d]`` (float32); the same seed gives the same codes.
 
-    def sample_with_components(self, n: int, seed: int | None = None):
-        """Like :meth:`sample`, also returning each code's component ``[n]``."""
-        return self._sample(n, seed)
-
-    def _sample(self, n, seed):
+        The noise is that of the exported sampler (:mod:`tfvae.noise`): from
+        ``numpy.random.default_rng(seed)``, uniforms ``u [n]`` pick each code's
+        component by inverse CDF over the weights, then normals ``eps [n, d]``
+        give ``z = mu_k + L_k eps``.
+        """
         self._require_fitted()
-        n = _positive(n, "n")
+        n = positive_count(n)
         rng = np.random.default_rng(seed)
-        components = rng.choice(len(self.weights), size=n, p=self.weights)  # [n]
-        eps = rng.standard_normal((n, self.latent_dim))  # [n, d]
-        # z = mu_k + L_k eps ~ N(mu_k, L_k L_k^T)
+        u = rng.random(n).astype(np.float32)  # [n]
+        eps = rng.standard_normal((n, self.latent_dim)).astype(np.float32)  # [n, d]
+        components = np.searchsorted(np.cumsum(self.weights)[:-1], u, side="right")  # [n]
         z = self.means[components] + np.einsum("nij,nj->ni", self.cholesky[components], eps)
-        return components, z.astype(np.float32)
+        return z.astype(np.float32)
+
+    def sampler_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays an exported sampler holds (see ``Autoencoder.codes_from_noise``).
+
+        ``cum_keys``: the first K-1 cumulative weights as the int32 bit patterns
+        of their float32 values; ``means`` ``[K, d]`` and ``cholesky``
+        ``[K, d, d]`` as float32.
+        """
+        self._require_fitted()
+        cum = np.cumsum(self.weights / self.weights.sum())
+        return {
+            "cum_keys": cum[:-1].astype(np.float32).view(np.int32),
+            "means": self.means.astype(np.float32),
+            "cholesky": self.cholesky.astype(np.float32),
+        }
 
     def sample_component(self, k: int, n: int, seed: int | None = None) -> np.ndarray:
         """Draws ``n`` codes ``[n, d]`` from component ``k`` alone."""
@@ -266,7 +277,7 @@ class GMMSampler:
             raise ConfigError(
                 f"component must be an integer in [0, {len(self.weights)}), got {k!r}"
             )
-        n = _positive(n, "n")
+        n = positive_count(n)
         eps = np.random.default_rng(seed).standard_normal((n, self.latent_dim))
         return (self.means[k] + eps @ self.cholesky[k].T).astype(np.float32)
 
@@ -346,21 +357,12 @@ class GMMSampler:
           The two paths. Both files are written through a temporary file and
           a rename, so a crash never leaves a half-written file.
         """
-        from tfvae.runs import atomic_write_json
-
         self._require_fitted()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         npz = directory / NPZ_NAME
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{NPZ_NAME}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, weights=self.weights, means=self.means, cholesky=self.cholesky)
-            os.replace(tmp, npz)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_path(npz) as tmp, open(tmp, "wb") as f:
+            np.savez(f, weights=self.weights, means=self.means, cholesky=self.cholesky)
         meta = directory / JSON_NAME
         atomic_write_json(meta, self.metadata())
         return npz, meta
@@ -373,8 +375,6 @@ class GMMSampler:
           RunDirError: ``gmm.npz`` or ``gmm.json`` is missing, corrupt or
             inconsistent; the message names the file.
         """
-        from tfvae.runs import read_json
-
         directory = Path(directory)
         meta_path, npz_path = directory / JSON_NAME, directory / NPZ_NAME
         meta = read_json(meta_path, "Gaussian mixture metadata")
@@ -450,9 +450,3 @@ def _read_npz(path: Path) -> dict:
         ) from None
     finally:
         data.close()
-
-
-def _positive(n, name: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {n!r}")
-    return int(n)

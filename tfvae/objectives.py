@@ -6,8 +6,6 @@ in nats, and leave reduction over the batch to the caller.
 
 from __future__ import annotations
 
-import math
-
 from tfvae._keras import tf, tfd
 
 
@@ -22,10 +20,9 @@ def log_likelihood(likelihood, x):
     For ``Independent(Bernoulli(logits))`` over one event axis (the decoder of
     binary data) this computes ``sum(x * l - softplus(l))``, TFP's value, from
     one ``exp`` and one ``log1p`` per pixel, and its gradient from the same
-    ``exp``: TFP's ``Bernoulli.log_prob`` takes two softplus (two ``exp`` and
-    two ``log1p``) and their sigmoid gradients, which on a CPU cost a quarter
-    of a 784-400-20 VAE's training step and most of an IWAE evaluation.
-    Any other distribution uses its own ``log_prob``.
+    ``exp``, where TFP's ``Bernoulli.log_prob`` takes two softplus (two ``exp``
+    and two ``log1p``) and their sigmoid gradients. Any other distribution
+    uses its own ``log_prob``.
     """
     # tfp.layers hand out distributions wrapped to act as tensors.
     inner = getattr(likelihood, "tensor_distribution", likelihood)
@@ -93,11 +90,6 @@ def kl_to_standard_normal(posterior):
                          axis=-1)
 
 
-def elbo(distortion_value, rate_value):
-    """Single-sample evidence lower bound ``E_q[log p(x|z)] - KL(q || p)``."""
-    return -distortion_value - rate_value
-
-
 def iwae_bound(log_weights):
     """Importance-weighted bound ``log (1/k) sum_i w_i`` (Burda et al. 2016, eq. 8).
 
@@ -127,5 +119,3 @@ def active_units(posterior_means, threshold: float = 0.01):
     variances = posterior_means.var(axis=0)
     return int((variances > threshold).sum()), variances
 
-
-LOG_2 = math.log(2.0)

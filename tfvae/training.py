@@ -1,304 +1,173 @@
-"""Training runs: data, model, ``fit`` with callbacks, checkpoints, figures.
+"""Training runs: data, model, Keras ``fit`` with callbacks, checkpoints, evaluation.
 
 :func:`train` is what ``tfvae train`` calls; everything it does is also
-available piece by piece (``tfvae.data``, the model classes, ``fit``,
-:func:`tfvae.evaluate`) for users who write their own loop.
+available piece by piece (:mod:`tfvae.data`, the model classes, ``fit``,
+:mod:`tfvae.callbacks`, :func:`tfvae.evaluate`) for users who write their
+own loop.
+
+Ctrl-C and SIGTERM stop training at a clean point (after the step in
+progress; the epoch in progress is not recorded) and raise
+:class:`tfvae.errors.Interrupted`, whose message says what was kept and how
+to continue.
 """
 
 from __future__ import annotations
 
-import datetime
-import math
-import platform
-import time
+import contextlib
+import dataclasses
+import shutil
+import signal
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from tfvae import runs
-from tfvae.config import Config
-from tfvae.errors import ConfigError, RunDirError, TfvaeError
+from tfvae import distribute, files
+from tfvae.config import RESUMABLE_FIELDS, Config
+from tfvae.errors import ConfigError, Interrupted, RunDirError, TfvaeError
+from tfvae.finish import finish_run
+from tfvae.runs import layout, record
+from tfvae.runs.data import data_info, load_data
+from tfvae.runs.families import family
+from tfvae.runs.store import Run, build_model, load_config
+from tfvae.utils import release_memory
 
 
 class TrainingError(TfvaeError):
     """Training stopped (non-finite loss); the last good checkpoint is kept."""
 
 
-def default_out(config: Config, root: str | Path = "runs") -> Path:
-    """A new run directory name under ``root``: ``runs/20261127-101500-gaussian``."""
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(root) / f"{stamp}-{config.model}"
-    path, i = base, 1
-    while path.exists():
-        path = base.with_name(f"{base.name}-{i}")
-        i += 1
-    return path
+# ------------------------------------------------------------------ paths
 
 
-def _prepare_out(out) -> Path:
-    out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise RunDirError(f"--out {out} exists and is not a directory; choose another --out")
-        if any(out.iterdir()):
-            what = "a tfvae run" if (out / runs.CONFIG).exists() else "files"
-            raise RunDirError(
-                f"--out {out} already holds {what}; tfvae never overwrites a run: "
-                "choose a new --out (or leave it out for a fresh folder under runs/)"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / runs.CHECKPOINTS).mkdir(exist_ok=True)
-    (out / runs.FIGURES).mkdir(exist_ok=True)
-    return out
+@dataclasses.dataclass
+class Feed:
+    """What one training path gives ``fit``: the data and the compile options."""
+
+    dataset: object
+    steps_per_epoch: int
+    batches_per_epoch: int
+    steps_per_call: int
+    images_per_epoch: int
+    compile: dict
 
 
-def resolve_likelihood(config: Config, dataset) -> str:
-    """``bernoulli`` for pixel data, ``gaussian`` for real-valued data (digits, floats)."""
-    if config.likelihood is not None:
-        return config.likelihood
-    if dataset.levels in (2, 256):
-        return "bernoulli"
-    return "gaussian"
-
-
-def load_data(config: Config):
-    """Loads and prepares the data a Config names; fills in its data fields.
-
-    Returns:
-      ``(dataset, splits)`` from :mod:`tfvae.data`.
-    """
+def _fused_feed(config, splits, seed) -> Feed:
     from tfvae import data
 
-    dataset = data.load_dataset(config.dataset, config.data_dir, config.tfds_data_dir)
-    config.likelihood = resolve_likelihood(config, dataset)
-    splits = data.prepare(
-        dataset,
-        likelihood=config.likelihood,
-        binarize=config.binarize,
-        val_fraction=config.val_fraction,
-        seed=config.seed,
-    )
-    config.binarize = splits.train_mode if splits.train_mode in data.BINARIZE_MODES else "none"
-    config.input_dim = int(dataset.dim)
-    config.image_shape = tuple(int(s) for s in dataset.image_shape)
-    if config.batch_size > len(splits.train):
-        raise ConfigError(
-            f"--batch-size {config.batch_size} is larger than the {len(splits.train)} "
-            f"training examples; use --batch-size <= {len(splits.train)}"
-        )
-    # Keep only what the run needs: the raw arrays are not used after
-    # prepare(), and holding them would keep a second copy of the data set.
-    import dataclasses
-
-    # (Empty arrays of their own, not [:0] views, which would keep the buffers alive.)
-    dataset = dataclasses.replace(
-        dataset, x_train=np.empty((0, dataset.dim), dataset.x_train.dtype),
-        x_test=np.empty((0, dataset.dim), dataset.x_test.dtype), y_train=None, y_test=None,
-    )
-    return dataset, splits
+    blocks = data.blocks(splits.train, config.batch_size, seed=seed, mode=splits.train_mode,
+                         levels=splits.levels)
+    # The block runs its own XLA loop: one block per Keras step, no outer XLA.
+    return Feed(blocks.dataset, blocks.steps_per_epoch, blocks.batches_per_epoch,
+                blocks.block_steps, blocks.rows, {"steps_per_execution": 1, "jit_compile": False})
 
 
-def release_memory() -> None:
-    """Hands freed heap memory back to the system (glibc's ``malloc_trim``).
+def _keras_feed(config, splits, seed) -> Feed:
+    from tfvae import data
 
-    Preparing data, compiling the training step and tracing free hundreds of
-    MiB in small pieces that the allocator keeps; returning them before the
-    next large allocation lowers the run's resident peak. A no-op where the C
-    library has no ``malloc_trim``.
+    batches = -(-len(splits.train) // config.batch_size)
+    dataset = data.make_pipeline(splits.train, splits.train_mode, config.batch_size,
+                                 splits.levels, shuffle=True, seed=seed, repeat=True)
+    # compile's own defaults (steps per execution, XLA by architecture).
+    return Feed(dataset, batches, batches, 1, len(splits.train), {})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingPath:
+    """A way to feed ``fit``: ``make(config, splits, seed) -> Feed``."""
+
+    summary: str
+    make: Callable
+
+
+#: Training paths: the same batches and updates per epoch, different engines.
+PATHS = {
+    "fused": TrainingPath("blocks of 50 batches, each block one XLA-compiled loop", _fused_feed),
+    "keras": TrainingPath("Keras' per-batch loop, several steps per execution", _keras_feed),
+}
+#: The fastest path on one device, per architecture, as measured by
+#: ``benchmarks/train_throughput.py --paths`` (XLA speeds up dense layers on a
+#: CPU and slows down convolutions).
+FASTEST_PATH = {"mlp": "fused", "conv": "keras"}
+
+
+def choose_path(config: Config) -> str:
+    """The training path ``tfvae.train`` takes for a configuration.
+
+    Under any ``tf.distribute`` strategy other than the default (even with
+    one device) the fused blocks cannot run (the optimizer's cross-replica
+    update does not fit in the compiled loop): Keras' loop. On one device:
+    the measured fastest path for the architecture.
     """
-    import ctypes
-    import ctypes.util
-    import gc
+    if config.strategy != "default":
+        return "keras"
+    return FASTEST_PATH[config.arch]
 
-    gc.collect()  # cycles left by tracing hold memory too
+
+# ------------------------------------------------------------------ session
+
+
+@dataclasses.dataclass
+class Session:
+    """Everything one training call works with."""
+
+    config: Config
+    out: Path
+    strategy: object
+    chief: bool
+    splits: object
+    data: dict
+    previous: record.Record | None = None
+    verbose: int = 2
+    callbacks: list = dataclasses.field(default_factory=list)
+    figures: bool = True
+    progress: Callable | None = None
+
+
+class _Signals:
+    """While active: SIGINT/SIGTERM request a stop while fitting, raise Interrupted otherwise."""
+
+    def __init__(self):
+        self.fitting = None  # the StopOnRequest of the fit in progress
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.fitting is not None and not self.fitting.requested:
+            self.fitting.request()  # a clean stop after the step in progress
+            return
+        raise Interrupted("interrupted")
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def interruption_advice(out: Path, config: Config) -> str:
+    """What an interrupted run kept, and the command that continues it."""
+    if not (out / layout.CONFIG).is_file():
+        return f"interrupted before the run started; nothing was written to {out}"
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+        state = record.read(out)
+    except RunDirError as exc:
+        return f"interrupted; {exc}"
+    if state is None:
+        return (f"interrupted before the first epoch completed; `tfvae train --resume {out}` "
+                "starts it again from the beginning")
+    if state.epoch < config.epochs:
+        return (f"interrupted after {state.epoch} of {config.epochs} epochs, all saved in {out}; "
+                f"continue with: tfvae train --resume {out}")
+    return (f"interrupted during the final evaluation (all {state.epoch} epochs are saved); "
+            f"`tfvae train --resume {out}` finishes it")
 
 
-def _callbacks(model, config: Config, out: Path, has_val: bool, state: dict, data_info: dict,
-               strategy=None, steps_per_call: int = 1, batches_per_epoch: int | None = None):
-    """Warm-up, the run recorder (metrics, checkpoints, guard) and TensorBoard.
-
-    Under a multi-worker strategy every worker saves (saving is collective),
-    non-chief workers into a scratch folder they delete; only the chief writes
-    metrics, status and TensorBoard logs.
-    """
-    from tfvae import distribute
-    from tfvae._keras import keras, tf
-
-    chief = distribute.is_chief(strategy)
-
-    monitor = "val_loss" if has_val else "loss"
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-
-    class KLWarmup(keras.callbacks.Callback):
-        """Linear KL warm-up over ``epochs`` epochs (Bowman et al. 2016)."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            weight = min(1.0, (epoch + 1) / config.kl_warmup) if config.kl_warmup else 1.0
-            model.kl_weight.assign(weight)
-
-    class RunRecorder(keras.callbacks.Callback):
-        """Per-epoch metrics (CSV + JSON), full checkpoints, non-finite guard.
-
-        Every completed epoch writes, in this order: the full training state
-        (weights, optimizer slots, estimator state such as the moving-average
-        baseline) under a new checkpoint prefix, ``last``/``best`` weights
-        through temporary files and renames, the metrics, and last the
-        ``resume.json`` pointer. A crash at any point leaves the previous
-        epoch's pointer, and the files it names, intact. A non-chief worker
-        saves the same way into a scratch folder and writes nothing else.
-        """
-
-        def __init__(self):
-            super().__init__()
-            self.history: list[dict] = list(state.get("history", []))
-            self.best = state.get("best", math.inf)
-            self.best_epoch = state.get("best_epoch")
-            self.bad = None
-            self.epoch = state.get("epoch", 0)
-            self.t0 = time.perf_counter()
-
-        def on_train_batch_end(self, batch, logs=None):
-            # With several steps per call this runs once per call: ``batch`` is
-            # the last call of the range since the previous one, and each call
-            # (a fused block) holds ``steps_per_call`` training steps.
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(float(loss)):
-                first = (self.last_batch + 1) * steps_per_call
-                last = (batch + 1) * steps_per_call - 1
-                if batches_per_epoch:
-                    last = min(last, batches_per_epoch - 1)
-                self.bad = (self.epoch, (first, last))
-                self.model.stop_training = True
-            self.last_batch = batch
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-            self.last_batch = -1
-            self.t0 = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = {k: float(v) for k, v in (logs or {}).items()}
-            if self.bad is not None or not all(math.isfinite(v) for v in logs.values()):
-                if self.bad is None:
-                    self.bad = (epoch, None)
-                self.model.stop_training = True
-                return  # keep the last good checkpoint
-            row = {"epoch": epoch + 1, "seconds": time.perf_counter() - self.t0, **logs}
-            self.history.append(row)
-            prefix = f"state/epoch-{epoch + 1:04d}"
-            # Logs are reduced across workers, so all take the same branches here.
-            with distribute.scratch_dir(strategy) as scratch:
-                folder = out / runs.CHECKPOINTS if scratch is None else scratch
-                checkpoint.write(str(folder / prefix))
-                runs.atomic_save_weights(self.model, folder / runs.LAST)
-                if logs.get(monitor, math.inf) < self.best:
-                    self.best = logs[monitor]
-                    self.best_epoch = epoch + 1
-                    runs.atomic_save_weights(self.model, folder / runs.BEST)
-            if not chief:
-                return
-            runs.atomic_write_json(out / runs.METRICS_JSON, self.history)
-            columns = list(self.history[0])
-            lines = [",".join(columns)] + [
-                ",".join(repr(h.get(c, "")) for c in columns) for h in self.history
-            ]
-            runs.atomic_write_text(out / runs.METRICS_CSV, "\n".join(lines) + "\n")
-            runs.atomic_write_json(folder / runs.RESUME, {
-                "epoch": epoch + 1, "prefix": prefix, "history": self.history,
-                "best": self.best, "best_epoch": self.best_epoch, "monitor": monitor,
-            })
-            for old in (folder / "state").glob("epoch-*"):
-                if not old.name.startswith(f"epoch-{epoch + 1:04d}."):
-                    old.unlink()
-            _write_status(out, config, "training", self.history, self.best_epoch, monitor,
-                          data=data_info)
-
-    class ReleaseMemory(keras.callbacks.Callback):
-        """Returns freed heap once compilation is done and once before validation.
-
-        The first training call compiles the step (hundreds of MiB of scratch,
-        freed but kept by the allocator); the first validation traces the test
-        step. Handing the scratch back first keeps the two from stacking up in
-        the run's peak memory.
-        """
-
-        def __init__(self):
-            super().__init__()
-            self.done = set()
-
-        def _once(self, key):
-            if key not in self.done:
-                self.done.add(key)
-                release_memory()
-
-        def on_train_batch_end(self, batch, logs=None):
-            self._once("train")
-
-        def on_test_begin(self, logs=None):
-            self._once("test")
-
-    recorder = RunRecorder()
-    if not chief:
-        return recorder, [KLWarmup(), recorder, ReleaseMemory()]
-    tensorboard = keras.callbacks.TensorBoard(
-        log_dir=str(out / runs.TENSORBOARD), profile_batch=0, write_graph=False
-    )
-    return recorder, [KLWarmup(), recorder, ReleaseMemory(), tensorboard]
-
-
-def versions() -> dict:
-    import tensorflow as tf
-    import tensorflow_probability as tfp
-    import tf_keras
-
-    import tfvae
-
-    return {
-        "tfvae": tfvae.__version__,
-        "tensorflow": tf.__version__,
-        "tensorflow_probability": tfp.__version__,
-        "tf_keras": tf_keras.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def _write_status(out, config, status, history, best_epoch, monitor, **extra):
-    runs.atomic_write_json(
-        out / runs.STATUS,
-        {
-            "status": status,
-            "model": config.model,
-            "epochs_completed": len(history),
-            "epochs_planned": config.epochs,
-            "best_epoch": best_epoch,
-            "monitor": monitor,
-            "versions": versions(),
-            **extra,
-        },
-    )
-
-
-# Training steps per call into the TensorFlow runtime on the per-batch path
-# (validation, multi-replica strategies). Measured on 2 cores (Fashion-MNIST,
-# 784-400-20, batch 128): 15,000 images/s at 1 step per call, 21,000-23,000
-# at 20-100. On one device tfvae.train feeds fused blocks instead (one call
-# runs tfvae.data.BLOCK_STEPS steps in an XLA-compiled loop), which is what
-# benchmarks/train_throughput.py measures.
-STEPS_PER_EXECUTION = 50
-
-
-def compile_model(model, config: Config, steps_per_execution: int = STEPS_PER_EXECUTION):
-    """Compiles with Adam and the measured fast path (several steps per call)."""
-    from tfvae._keras import keras
-
-    model.compile(optimizer=keras.optimizers.Adam(config.lr),
-                  steps_per_execution=steps_per_execution)
-    return model
+# ------------------------------------------------------------------ entry
 
 
 def train(
@@ -308,8 +177,9 @@ def train(
     callbacks=None,
     figures: bool = True,
     resume: str | Path | None = None,
+    progress: Callable | None = None,
     **overrides,
-):
+) -> Run:
     """Trains a model as a Config says and writes a run directory.
 
     Args:
@@ -317,13 +187,15 @@ def train(
         (``tfvae.train(latent_dim=2, epochs=5)``).
       out: run directory to create (must not hold files); default a new folder
         under ``runs/``.
-      verbose: Keras ``fit`` verbosity (1 progress bar, 2 one line per epoch, 0 none).
+      verbose: 0 silent, 1 a live progress line, 2 one line per epoch.
       callbacks: extra ``tfvae.keras`` callbacks.
       figures: write PNG figures after training.
       resume: a run directory to continue from its last completed epoch
         (weights, optimizer and estimator state, metrics); ``config`` and
         ``out`` must then be left out, and only ``epochs`` (to train longer)
-        and ``strategy`` may be overridden.
+        and ``strategy`` may be overridden. A run with no completed epoch
+        starts again; a run interrupted during its final evaluation finishes it.
+      progress: ``progress(phase, done, total)`` during the final evaluation.
 
     ``strategy="mirrored"`` trains on every local GPU and ``"multiworker"``
     on the cluster that ``TF_CONFIG`` describes (see :mod:`tfvae.distribute`);
@@ -333,155 +205,222 @@ def train(
 
     Returns:
       A :class:`tfvae.runs.Run` for the best checkpoint, with the test-split
-      evaluation in ``run.evaluation``; None on the non-chief workers of a
-      multi-worker run.
+      evaluation in ``run.evaluation``; on the non-chief workers of a
+      multi-worker run, a Run with ``role`` ``"worker N"`` and no model.
 
     Raises:
       TrainingError: the loss became non-finite; the run keeps its last good
         epoch and can be resumed.
+      tfvae.errors.Interrupted: Ctrl-C or SIGTERM; the message says how to continue.
+      tfvae.files.StorageError: the disk is full; the last good epoch is kept.
     """
-    import dataclasses
-
-    from tfvae import distribute
-
+    options = dict(verbose=verbose, callbacks=list(callbacks or []), figures=figures,
+                   progress=progress)
     if resume is not None:
-        return _resume(resume, verbose, callbacks, figures, **overrides)
+        if config is not None or out is not None:
+            raise ConfigError("a resumed run keeps its configuration and directory; "
+                              "give only resume= (and epochs= or strategy=)")
+        return _resume(Path(resume), overrides, options)
     config = dataclasses.replace(config or Config(), **overrides)
-    # Before any other TensorFlow work: a multi-worker strategy sets up the cluster.
-    strategy = distribute.make_strategy(config.strategy)
-    dataset, splits = load_data(config)
-    out = Path(out if out is not None else default_out(config))
-    if distribute.is_chief(strategy):
-        _prepare_out(out)
-        runs.atomic_write_text(out / runs.CONFIG, config.to_json() + "\n")
-    return _fit(config, out, dataset, splits, {}, verbose, callbacks, figures, strategy)
+    out = Path(out) if out is not None else layout.default_out(config.model)
+    if config.strategy != "multiworker":  # every worker of a cluster shares --out
+        layout.check_new_out(out)  # refuse early, before loading anything
+    with _Signals() as signals:
+        strategy = distribute.make_strategy(config.strategy)
+        chief = distribute.is_chief(strategy)
+        dataset, splits = load_data(config)
+        lock = layout.create_run_dir(out) if chief else None
+        try:
+            if chief:
+                files.atomic_write_text(out / layout.CONFIG, config.to_json() + "\n")
+            session = Session(config, out, strategy, chief, splits,
+                              data_info(dataset, splits), **options)
+            return _run(session, signals)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
-def _resume(run_dir, verbose, callbacks, figures, **overrides):
-    import dataclasses
+def _check_resume(out: Path, config: Config, state, overrides) -> None:
+    """Refuses a resume that would do nothing, saying what to pass instead."""
+    if state is None or state.epoch < config.epochs:
+        return
+    asked = overrides.get("epochs")
+    if asked is not None and asked < state.epoch:
+        raise RunDirError(f"{out} has completed {state.epoch} epochs; --epochs {asked} is fewer: "
+                          f"pass --epochs above {state.epoch} to train longer")
+    finished = record.read_status(out).get("status") == "completed" and \
+        (out / layout.EVALUATION).is_file()
+    if finished:
+        raise RunDirError(f"{out} has completed all {state.epoch} epochs and its evaluation; "
+                          f"pass --epochs above {state.epoch} to train longer")
 
-    from tfvae import distribute
 
-    unknown = sorted(set(overrides) - {"epochs", "strategy"})
+def _resume(out: Path, overrides: dict, options: dict) -> Run:
+    unknown = sorted(set(overrides) - set(RESUMABLE_FIELDS))
     if unknown:
         raise ConfigError(
-            "a resumed run keeps its configuration; only epochs and strategy can change, "
-            f"got {unknown}"
+            f"a resumed run keeps its configuration; only {' and '.join(RESUMABLE_FIELDS)} can "
+            f"change, got {unknown}"
         )
-    out = runs.check_run_dir(run_dir)
-    config = dataclasses.replace(runs.load_config(out), **overrides)
-    state_path = out / runs.CHECKPOINTS / runs.RESUME
-    if not state_path.is_file():
-        raise RunDirError(
-            f"{out} has no completed epoch to resume from; start a new run with tfvae train"
-        )
-    state = runs.read_json(state_path, "resume state")
-    if state.get("epoch", 0) >= config.epochs:
-        raise RunDirError(
-            f"{out} already completed all {config.epochs} epochs; "
-            "pass a larger --epochs to train longer"
-        )
-    strategy = distribute.make_strategy(config.strategy)
-    if distribute.is_chief(strategy):
-        runs.atomic_write_text(out / runs.CONFIG, config.to_json() + "\n")
-    dataset, splits = load_data(config)
-    return _fit(config, out, dataset, splits, state, verbose, callbacks, figures, strategy)
+    layout.check_run_dir(out)
+    config = dataclasses.replace(load_config(out), **overrides)
+    with _Signals() as signals:
+        lock = layout.RunLock(out).acquire() if config.strategy != "multiworker" else None
+        try:
+            state = record.read(out)  # validated before anything trusts it
+            _check_resume(out, config, state, overrides)
+            strategy = distribute.make_strategy(config.strategy)
+            chief = distribute.is_chief(strategy)
+            if lock is None and chief:
+                lock = layout.RunLock(out).acquire()
+            if chief:
+                _prepare_resume(out, config, state)
+            dataset, splits = load_data(config)
+            session = Session(config, out, strategy, chief, splits, data_info(dataset, splits),
+                              previous=state, **options)
+            return _run(session, signals)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
-def _fit(config, out, dataset, splits, state, verbose, callbacks, figures, strategy):
-    from tfvae import data as data_lib
-    from tfvae import distribute
+def _prepare_resume(out: Path, config: Config, state) -> None:
+    """Brings the derived files in line with the record before training goes on."""
+    files.atomic_write_text(out / layout.CONFIG, config.to_json() + "\n")
+    if state is None:
+        # No completed epoch: nothing to keep but the configuration; start again.
+        for name in (layout.TENSORBOARD, f"{layout.CHECKPOINTS}/{layout.STATE}"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in (layout.METRICS_CSV, layout.METRICS_JSON, layout.STATUS):
+            with contextlib.suppress(FileNotFoundError):
+                (out / name).unlink()
+        (out / layout.CHECKPOINTS).mkdir(exist_ok=True)
+        return
+    record.write_metrics(out, state.history)
+    record.write_status(out, config, "training", state)
+
+
+# ------------------------------------------------------------------ running
+
+
+def _run(session: Session, signals: _Signals) -> Run:
+    """Fits (when epochs remain), then finishes the run; statuses on every way out."""
+    config, out = session.config, session.out
+    done = session.previous is not None and session.previous.epoch >= config.epochs
+    try:
+        model = None if done else _fit(session, signals)
+        if not session.chief:
+            return Run(path=out, config=config, model=model, status={}, history=[],
+                       role=_role(session.strategy))
+        return finish_run(out, config, session.splits, session.data, session.figures,
+                          model=model if config.strategy == "default" else None,
+                          progress=session.progress)
+    except KeyboardInterrupt as exc:
+        if session.chief:
+            _set_status(session, "interrupted")
+        raise Interrupted(interruption_advice(out, config)) from exc
+    except (TrainingError, files.StorageError):
+        if session.chief:
+            _set_status(session, "failed")
+        raise
+
+
+def _set_status(session: Session, status: str) -> None:
+    # Best effort: on a full disk even this small file may not be writable.
+    with contextlib.suppress(OSError, TfvaeError):
+        if (session.out / layout.CONFIG).is_file():
+            record.write_status(session.out, session.config, status, record.read(session.out),
+                                data=session.data)
+
+
+def _role(strategy) -> str:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return "chief"
+    return f"{resolver.task_type} {resolver.task_id}"
+
+
+def _fit(session: Session, signals: _Signals):
+    """Builds, compiles and fits the model from the session's record; returns it."""
+    from tfvae import callbacks as cb
     from tfvae._keras import keras, tf
 
-    initial_epoch = int(state.get("epoch", 0))
+    config, previous = session.config, session.previous
+    initial_epoch = 0 if previous is None else previous.epoch
     # A resumed run draws fresh, reproducible noise from (seed, epoch).
     keras.utils.set_random_seed(config.seed + 1000 * initial_epoch)
     if config.deterministic:
-        # Op determinism is process-wide in TensorFlow: the user asked for it.
-        tf.config.experimental.enable_op_determinism()
-    # One device: fused blocks of steps, each block one call (see
-    # LatentVariableModel.train_step); several replicas: plain batches.
-    fused = strategy.num_replicas_in_sync == 1
-    # Variables created and optimizer compiled under the scope are mirrored.
-    with strategy.scope():
-        model = compile_model(runs.build_model(config), config,
-                              1 if fused else STEPS_PER_EXECUTION)
+        tf.config.experimental.enable_op_determinism()  # process-wide: the user asked
+    feed = PATHS[choose_path(config)].make(config, session.splits,
+                                           config.seed + 1000 * initial_epoch)
+    if family(config.model).post_fit is None:
+        # The pipeline holds its own tensor copy; the numpy one is needed again
+        # only by families that fit something on the training rows afterwards.
+        train = session.splits.train
+        session.splits.train = np.empty((0,) + train.shape[1:], train.dtype)
+    with session.strategy.scope():  # variables and optimizer mirrored under a strategy
+        model = build_model(config)
+        model.compile(optimizer=keras.optimizers.Adam(config.lr), **feed.compile)
         model.reseed(config.seed)
-        if initial_epoch:
-            _restore_state(model, out / runs.CHECKPOINTS / state["prefix"], out)
-    pipeline_seed = config.seed + 1000 * initial_epoch
-    steps_per_epoch, steps_per_call, batches_per_epoch = None, 1, None
-    if fused:
-        blocks = data_lib.make_block_pipeline(
-            splits.train, splits.train_mode, config.batch_size, splits.levels,
-            seed=pipeline_seed,
-        )
-        train_ds, steps_per_epoch = blocks.dataset, blocks.steps_per_epoch
-        steps_per_call, batches_per_epoch = blocks.block_steps, blocks.batches_per_epoch
-    else:
-        train_ds = data_lib.make_pipeline(
-            splits.train, splits.train_mode, config.batch_size, splits.levels,
-            shuffle=True, seed=pipeline_seed,
-        )
+        if previous is not None:
+            _restore_state(model, session.out / layout.CHECKPOINTS / previous.prefix, session.out)
+    val = session.splits.val
     val_ds = None
-    if splits.val is not None and len(splits.val):
-        val_ds = data_lib.make_pipeline(
-            splits.val, "none", min(config.batch_size, len(splits.val)), None,
-            shuffle=False, seed=config.seed,
-        )
-    info = _data_info(dataset, splits)
-    if not model.fits_on_training_data:
-        # The pipeline holds its own tensor copy; the numpy one is not needed again.
-        splits.train = np.empty((0,) + splits.train.shape[1:], splits.train.dtype)
+    if val is not None and len(val):
+        from tfvae import data
+
+        val_ds = data.make_pipeline(val, "none", min(config.batch_size, len(val)), None,
+                                    shuffle=False, seed=config.seed)
+    guard = cb.StopOnNonFinite(feed.steps_per_call, feed.batches_per_epoch)
+    stop = cb.StopOnRequest()
+    callbacks = _callbacks(session, feed, val_ds is not None, guard, stop)
     release_memory()
-    chief = distribute.is_chief(strategy)
-    recorder, cbs = _callbacks(
-        model, config, out, val_ds is not None, state, info, strategy, steps_per_call,
-        batches_per_epoch,
-    )
-    monitor = "val_loss" if val_ds is not None else "loss"
-    if chief:
-        _write_status(out, config, "training", recorder.history, recorder.best_epoch, monitor,
-                      data=info)
+    signals.fitting = stop
     try:
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            steps_per_epoch=steps_per_epoch,
-            initial_epoch=initial_epoch,
-            verbose=verbose,
-            callbacks=cbs + list(callbacks or []),
-        )
-    except KeyboardInterrupt:
-        if chief:
-            _write_status(out, config, "interrupted", recorder.history, recorder.best_epoch,
-                          monitor, data=info)
-        raise
-    if recorder.bad is not None:
-        epoch, step = recorder.bad
-        if chief:
-            _write_status(out, config, "failed", recorder.history, recorder.best_epoch, monitor,
-                          data=info)
-        where = f"epoch {epoch + 1}"
-        if step is not None:
-            first, last = step[0] + 1, step[1] + 1
-            where += f", step {last}" if first == last else f", steps {first}-{last}"
-        kept = (
-            f"the checkpoint of epoch {len(recorder.history)} is kept in {out} "
-            f"(resume from it with `tfvae train --resume {out}`)"
-            if recorder.history else "no epoch finished, so no checkpoint was written"
-        )
-        raise TrainingError(
-            f"training stopped: the loss became non-finite (NaN or inf) at {where}; {kept}. "
-            "Try a lower --lr, --kl-warmup, or check the data for extreme values."
-        )
-    if not chief:
-        return None
-    # On one device the trained model takes the best weights in place: a second
-    # model (and its traces) would raise the run's peak memory.
-    return finish_run(out, config, splits, dataset, figures=figures, data_info=info,
-                      model=model if fused else None)
+        model.fit(feed.dataset, validation_data=val_ds, epochs=config.epochs,
+                  steps_per_epoch=feed.steps_per_epoch, initial_epoch=initial_epoch, verbose=0,
+                  callbacks=callbacks + session.callbacks)
+    finally:
+        signals.fitting = None
+    if stop.requested:
+        raise KeyboardInterrupt
+    if guard.where is not None:
+        raise TrainingError(_non_finite_message(session, guard.where, callbacks))
+    return model
+
+
+def _callbacks(session: Session, feed: Feed, has_val: bool, guard, stop) -> list:
+    from tfvae import callbacks as cb
+    from tfvae._keras import keras
+
+    config, out = session.config, session.out
+    recorder = cb.RunRecorder(out, "val_loss" if has_val else "loss", session.previous,
+                              config, session.data, session.strategy, skip=(guard, stop))
+    found = [cb.KLWarmup(config.kl_warmup), guard, stop, recorder, cb.ReleaseMemory()]
+    if session.verbose:
+        found.append(cb.Progress(feed.batches_per_epoch, config.batch_size,
+                                 feed.images_per_epoch, feed.steps_per_call,
+                                 live=session.verbose == 1))
+    if session.chief:
+        found.append(keras.callbacks.TensorBoard(log_dir=str(out / layout.TENSORBOARD),
+                                                 profile_batch=0, write_graph=False))
+    return found
+
+
+def _non_finite_message(session: Session, where, callbacks) -> str:
+    epoch, steps = where
+    recorder = next(c for c in callbacks if hasattr(c, "record"))
+    text = f"epoch {epoch + 1}"
+    if steps is not None:
+        first, last = steps[0] + 1, steps[1] + 1
+        text += f", step {last}" if first == last else f", steps {first}-{last}"
+    state = recorder.record
+    kept = (f"the checkpoint of epoch {state.epoch} is kept in {session.out} (resume from it "
+            f"with `tfvae train --resume {session.out}`)" if state is not None
+            else "no epoch finished, so no checkpoint was written")
+    return (f"training stopped: the loss became non-finite (NaN or inf) at {text}; {kept}. "
+            "Try a lower --lr, --kl-warmup, or check the data for extreme values.")
 
 
 def _restore_state(model, prefix: Path, out: Path) -> None:
@@ -498,84 +437,3 @@ def _restore_state(model, prefix: Path, out: Path) -> None:
             f"the training state {prefix} in {out} cannot be restored "
             f"({type(exc).__name__}: {str(exc).splitlines()[0]}); start a new run"
         ) from None
-
-
-def _data_info(dataset, splits) -> dict:
-    return {
-        "name": dataset.name,
-        "train": int(len(splits.train)),
-        "val": int(0 if splits.val is None else len(splits.val)),
-        "test": int(len(splits.test)),
-        "binarize": splits.train_mode,
-        "image_shape": list(dataset.image_shape),
-    }
-
-
-def finish_run(out: Path, config: Config, splits, dataset, figures: bool = True,
-               data_info: dict | None = None, model=None):
-    """Loads the best checkpoint, fits extras, evaluates on test, writes figures.
-
-    ``model``: the trained model to load the best weights into, or None to
-    build one.
-    """
-    from tfvae.evaluation import evaluate
-
-    # Training's freed scratch (compilation, traces) goes back to the system
-    # before evaluation allocates its own.
-    release_memory()
-    model, _ = runs.load_model(out, "best", extras=False, into=model)
-    if model.fits_on_training_data:
-        model.post_fit(train_float(splits, config.seed), seed=config.seed)
-    model.save_extras(out)
-    results = evaluate(model, splits.test, k=config.iwae_k, seed=config.seed)
-    if config.model == "bernoulli" and config.estimator == "vimco":
-        results["note"] = "trained with vimco, which targets the k-sample bound, not the ELBO"
-    runs.atomic_write_json(out / runs.EVALUATION, results)
-    history = runs.read_json(out / runs.METRICS_JSON, "metrics")
-    status = runs.read_json(out / runs.STATUS, "run status")
-    _write_status(out, config, "completed", history, status.get("best_epoch"),
-                  status.get("monitor"), data=data_info or _data_info(dataset, splits),
-                  test=results)
-    if figures:
-        write_figures(out, model, splits, history)
-    # The model in hand is the best checkpoint with its extras: no need to rebuild it.
-    status = runs.read_json(out / runs.STATUS, "run status")
-    return runs.Run(path=out, config=config, model=model, status=status, history=history)
-
-
-def train_float(splits, seed: int, limit: int = 20000) -> np.ndarray:
-    """A float copy of (up to ``limit`` rows of) the training split, as the model sees it."""
-    from tfvae import data as data_lib
-
-    rows = splits.train[:limit]
-    ds = data_lib.make_pipeline(rows, splits.train_mode, min(len(rows), 1000), splits.levels,
-                                shuffle=False, seed=seed)
-    return np.concatenate([b.numpy() for b in ds])
-
-
-def write_figures(out: Path, model, splits, history) -> list[Path]:
-    """Reconstructions, prior samples, training curves, latent manifold/scatter."""
-    from tfvae import figures as fig
-
-    folder = out / runs.FIGURES
-    folder.mkdir(exist_ok=True)
-    shape = model.image_shape
-    x = splits.test[:10]
-    paths = [
-        fig.save_reconstructions(folder / "reconstructions.png", x, model.reconstruct(x), shape),
-        fig.save_grid(folder / "samples.png", model.sample(64, seed=0), shape, "samples"),
-    ]
-    if history:
-        paths.append(fig.save_curves(folder / "curves.png", history))
-    if model.latent_dim == 2:
-        quantiles = model.latent_quantiles()
-        if quantiles is not None:
-            paths.append(fig.save_manifold(folder / "manifold.png", model.decode_mean_numpy,
-                                           shape, quantiles))
-        codes = model.posterior_code(splits.test[:2000].astype(np.float32))
-        codes = np.asarray(codes)
-        paths.append(fig.save_latent_scatter(
-            folder / "latent.png", codes,
-            None if splits.y_test is None else splits.y_test[:2000]))
-    paths += model.extra_figures(folder, splits)
-    return paths

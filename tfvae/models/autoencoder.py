@@ -3,8 +3,8 @@
 Training is a plain autoencoder: ``z = enc(x)`` and the loss is the
 observation model's negative log-likelihood ``-log p(x | dec(z))`` (Bernoulli
 logits for binary data, :class:`tfvae.networks.PixelNormal` for real-valued
-data). There is no KL term, so ``kl`` is reported as 0 in training and
-validation, and ``elbo`` there is just ``-reconstruction``.
+data). There is no KL term and no ELBO in training: training and validation
+report ``loss`` and ``reconstruction`` only.
 
 After ``fit``, :meth:`Autoencoder.post_fit` turns it into a generator
 ("ex-post density estimation", Ghosh et al. 2020): a
@@ -26,20 +26,19 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 
 from tfvae import objectives
 from tfvae._keras import keras, tf, tfd
-from tfvae.errors import RunDirError, TfvaeError
+from tfvae.errors import ConfigError, TfvaeError
 from tfvae.gmm import GMMSampler
-from tfvae.models.base import LatentVariableModel
+from tfvae.models.base import LatentVariableModel, order_key
+from tfvae.noise import Noise
+from tfvae.utils import stateless_seed
 
-PROPOSAL_FILE = "proposal.json"
 # Global multipliers of the mixture's per-dimension std tried for the proposal.
 PROPOSAL_MULTIPLIERS = tuple(float(c) for c in np.geomspace(1e-3, 1.0, 13))
-
 
 
 class MixtureNotFittedError(TfvaeError):
@@ -90,7 +89,7 @@ class Autoencoder(LatentVariableModel):
     """
 
     model_type = "ae-gmm"
-    fits_on_training_data = True
+    metric_names = ("loss", "reconstruction")
 
     def __init__(self, *args, components=10, covariance: str = "full", **kwargs):
         super().__init__(*args, **kwargs)
@@ -210,17 +209,16 @@ class Autoencoder(LatentVariableModel):
 
     # -------------------------------------------------------------- training
     def objective(self, x, training=True, seed=None):
-        """Mean ``-log p(x|enc(x))``; ``kl`` is reported as 0 (no latent prior in training)."""
+        """Mean ``-log p(x|enc(x))`` (no latent prior in training, so no KL)."""
         reconstruction = objectives.distortion(
             self.decode(self.code(x, training=training), training=training), x
         )
-        loss = tf.reduce_mean(reconstruction)
-        return loss, {"reconstruction": reconstruction, "kl": tf.zeros_like(reconstruction)}
+        return tf.reduce_mean(reconstruction), {"reconstruction": reconstruction}
 
     def test_step(self, data):
         # The same quantity as in training (the base test_step needs the mixture).
         loss, values = self.objective(self._unpack(data), training=False)
-        return self._update_metrics(loss, values)
+        return self._record(loss, values)
 
     def call(self, x, training=None):
         """Reconstruction means at the code, ``[batch, D]``."""
@@ -282,8 +280,6 @@ class Autoencoder(LatentVariableModel):
         Returns:
           ``s``, ``[latent]`` float32 (also stored in ``proposal_scale``).
         """
-        from tfvae.models.base import stateless_seed
-
         mixture = self._require_mixture()
         x = np.asarray(x, dtype=np.float32).reshape(-1, self.input_dim)
         rows = np.random.default_rng(seed).permutation(len(x))[:examples]
@@ -330,100 +326,58 @@ class Autoencoder(LatentVariableModel):
         self.fit_mixture(x_train, seed=seed)
         self.fit_proposal(x_train, seed=seed)
 
+    def set_proposal(self, scale, info: dict | None = None) -> None:
+        """Sets the importance proposal's scale ``[latent]`` (and how it was chosen).
+
+        Raises:
+          ConfigError: ``scale`` is not ``latent_dim`` positive finite numbers.
+        """
+        scale = np.asarray(scale, dtype=np.float32)
+        if scale.shape != (self.latent_dim,) or not (np.isfinite(scale) & (scale > 0)).all():
+            raise ConfigError(
+                f"the proposal scale must be {self.latent_dim} positive finite numbers, got "
+                f"shape {scale.shape}"
+            )
+        self.proposal_scale = scale
+        self._proposal_json = json.dumps(info or {})
+
     # ------------------------------------------------------------ generation
-    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
-        """Decoder means ``[n, D]`` at ``n`` mixture codes; the same seed, the same images."""
-        z = self._require_mixture().sample(n, seed=seed)
-        return self.decode_mean_numpy(z)
+    def noise_inputs(self):
+        return (Noise("u", (), "uniform"), Noise("eps", (self.latent_dim,), "normal"))
+
+    def sampler_params(self):
+        mixture = self._require_mixture()
+        return mixture.sampler_arrays()
+
+    @staticmethod
+    def codes_from_noise(params, inputs):
+        # Inverse CDF over the cumulative weights picks k; z = mu_k + L_k eps.
+        u = order_key(inputs["u"])  # [n]
+        bounds = params["cum_keys"]  # [K-1]: first K-1 cumulative weights as int32 keys
+        k = tf.reduce_sum(tf.cast(u[:, None] >= bounds[None, :], tf.int32), axis=1)  # [n]
+        mu = tf.gather(params["means"], k)  # [n, d]
+        chol = tf.gather(params["cholesky"], k)  # [n, d, d]
+        return mu + tf.squeeze(tf.matmul(chol, inputs["eps"][:, :, None]), -1)  # [n, d]
+
+    @staticmethod
+    def prior_description(params):
+        cum = np.asarray(params["cum_keys"], np.int32).view(np.float32)
+        return {
+            "kind": "gaussian-mixture",
+            "components": int(np.shape(params["means"])[0]),
+            "weights": np.diff(cum, prepend=0.0, append=1.0).tolist(),
+        }
 
     def sample_component(self, component: int, n: int, seed: int | None = None) -> np.ndarray:
         """Decoder means ``[n, D]`` at codes from one mixture component."""
         z = self._require_mixture().sample_component(component, n, seed=seed)
-        return self.decode_mean_numpy(z)
+        return self.decode_mean(tf.constant(z)).numpy()
 
-    def extra_figures(self, folder, splits) -> list:
-        """Per-component samples, and the 2-D clusters of test codes when latent_dim is 2."""
-        from tfvae import figures
-
-        mixture = self._require_mixture()
-        folder = Path(folder)
-        paths = []
-        columns = 10
-        rows = [self.sample_component(c, columns, seed=c) for c in range(mixture.num_components)]
-        paths.append(figures.save_grid(
-            folder / "component_samples.png", np.concatenate(rows), self.image_shape,
-            f"mixture samples, one row per component (K={mixture.num_components})",
-            columns=columns,
-        ))
-        if self.latent_dim == 2:
-            test = getattr(splits, "test", splits)
-            codes = self.encode_numpy(np.asarray(test)[:2000])
-            ellipses = list(zip(mixture.means, mixture.covariances, strict=True))
-            paths.append(figures.save_latent_scatter(
-                folder / "clusters.png", codes, mixture.predict(codes),
-                title=f"clusters of test codes, latent size 2 (K={mixture.num_components})",
-                ellipses=ellipses,
-            ))
-        return paths
-
-    # ------------------------------------------------------ run integration
-    @classmethod
-    def config_kwargs(cls, config) -> dict:
-        return {
-            **config.model_kwargs(),
-            "components": config.components,
-            "covariance": config.covariance,
-        }
-
-    def save_extras(self, run_dir) -> None:
-        """Writes ``gmm.npz``, ``gmm.json`` and ``proposal.json`` into ``run_dir``."""
-        from tfvae.runs import atomic_write_json
-
-        self._require_fitted()
-        self._mixture.save(run_dir)
-        atomic_write_json(
-            Path(run_dir) / PROPOSAL_FILE,
-            {"scale": [float(v) for v in self.proposal_scale], **self.proposal_info},
-        )
-
-    def load_extras(self, run_dir) -> None:
-        """Loads the mixture and proposal that :meth:`save_extras` wrote.
-
-        Raises:
-          RunDirError: a file is missing or corrupt (a run whose training
-            finished always has all of them).
-        """
-        from tfvae import gmm
-        from tfvae.runs import read_json
-
-        run_dir = Path(run_dir)
-        names = (gmm.JSON_NAME, gmm.NPZ_NAME, PROPOSAL_FILE)
-        present = [(run_dir / name).exists() for name in names]
-        for name, here in zip(names, present, strict=True):
-            if not here:
-                raise RunDirError(
-                    f"{run_dir / name} is missing: the autoencoder's latent mixture is "
-                    "incomplete; refit it with model.post_fit(x_train) and save_extras"
-                )
-        sampler = GMMSampler.load(run_dir)
-        if sampler.latent_dim != self.latent_dim:
-            raise RunDirError(
-                f"{run_dir / gmm.NPZ_NAME} holds a mixture over {sampler.latent_dim}-D codes "
-                f"but the model's latent_dim is {self.latent_dim}"
-            )
-        path = run_dir / PROPOSAL_FILE
-        info = read_json(path, "importance proposal")
-        try:
-            scale = np.asarray(info["scale"], dtype=np.float32)
-        except (KeyError, TypeError, ValueError):
-            raise RunDirError(f"{path} is corrupt: it has no numeric 'scale' list") from None
-        if scale.shape != (self.latent_dim,) or not (np.isfinite(scale) & (scale > 0)).all():
-            raise RunDirError(
-                f"{path} is corrupt: 'scale' must be {self.latent_dim} positive finite numbers"
-            )
-        self._mixture = sampler
-        self.proposal_scale = scale
-        self._proposal_json = json.dumps({k: v for k, v in info.items() if k != "scale"})
+    def latent_quantiles(self):
+        """Per-dimension quantiles of a Normal with the mixture's marginal moments."""
+        mean, cov = self._require_mixture().moments()
+        marginal = tfd.Normal(mean.astype(np.float32), np.sqrt(np.diag(cov)).astype(np.float32))
+        return lambda p: marginal.quantile(np.asarray(p, np.float32)[:, None]).numpy()
 
     # --------------------------------------------------------- serialization
     def get_config(self):

@@ -9,9 +9,13 @@ baseline by default).
 
 from __future__ import annotations
 
+import numpy as np
+
 from tfvae import estimators, networks, objectives
 from tfvae._keras import keras, tf, tfd
-from tfvae.models.base import LatentVariableModel
+from tfvae.errors import ConfigError
+from tfvae.models.base import BASE_METRICS, LatentVariableModel, order_key
+from tfvae.noise import Noise
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -46,8 +50,8 @@ class BernoulliVAE(LatentVariableModel):
       nvil_hidden: hidden units (tanh) of NVIL's baseline network ``c(x)``.
       nvil_normalize: NVIL's variance normalisation of the signal. Off by
         default: with Adam (already scale-free) it only shrinks the score term
-        against the analytic KL, and on Fashion-MNIST (z=20, 10 epochs) it
-        collapsed the posterior (test ELBO -385, no active unit).
+        against the analytic KL, and it collapsed the posterior in
+        ``benchmarks/quality.py`` (see the CHANGELOG).
       **kwargs: see :class:`tfvae.models.base.LatentVariableModel`.
 
     Example:
@@ -59,7 +63,7 @@ class BernoulliVAE(LatentVariableModel):
     """
 
     model_type = "bernoulli"
-    extra_metrics = ("baseline", "signal_mean", "signal_std")
+    metric_names = BASE_METRICS + ("baseline", "signal_mean", "signal_std")
 
     def __init__(
         self,
@@ -76,10 +80,10 @@ class BernoulliVAE(LatentVariableModel):
         self.estimator = str(estimator)
         self._estimate_fn = estimators.get(self.estimator)
         if not 0.0 <= float(baseline_decay) < 1.0:
-            raise ValueError(f"baseline_decay must be in [0, 1), got {baseline_decay!r}")
+            raise ConfigError(f"baseline_decay must be in [0, 1), got {baseline_decay!r}")
         self.baseline_decay = float(baseline_decay)
         if int(num_samples) < self._estimate_fn.min_samples:
-            raise ValueError(
+            raise ConfigError(
                 f"estimator {self.estimator!r} needs num_samples >= "
                 f"{self._estimate_fn.min_samples}, got {num_samples!r}"
             )
@@ -186,7 +190,7 @@ class BernoulliVAE(LatentVariableModel):
         """
         fn = self._estimate_fn if estimator is None else estimators.get(estimator)
         if fn.input_baseline and self.baseline_net is None:
-            raise ValueError(
+            raise ConfigError(
                 f"estimator {estimator!r} needs a baseline network; build the model with "
                 f"estimator={estimator!r}"
             )
@@ -231,17 +235,25 @@ class BernoulliVAE(LatentVariableModel):
         }
         return est.loss, metrics
 
-    # --------------------------------------------------------- serialization
-    @classmethod
-    def config_kwargs(cls, config) -> dict:
-        return {
-            **config.model_kwargs(),
-            "estimator": config.estimator,
-            "baseline_decay": config.baseline_decay,
-            "num_samples": config.num_samples,
-            "learn_prior": config.learn_prior,
-        }
+    # ------------------------------------------------------------ sampler
+    def noise_inputs(self):
+        return (Noise("u", (self.latent_dim,), "uniform"),)
 
+    def sampler_params(self):
+        probs = tf.math.sigmoid(self.prior_logits()).numpy().astype(np.float32)
+        return {"prior_keys": probs.view(np.int32)}
+
+    @staticmethod
+    def codes_from_noise(params, inputs):
+        # z_i = 1 with probability p_i: u < p_i, compared as int32 keys (see order_key).
+        return tf.cast(order_key(inputs["u"]) < params["prior_keys"], tf.float32)
+
+    @staticmethod
+    def prior_description(params):
+        probs = np.asarray(params["prior_keys"], np.int32).view(np.float32)
+        return {"kind": "bernoulli", "probs": probs.tolist()}
+
+    # --------------------------------------------------------- serialization
     def get_config(self):
         return {
             **super().get_config(),

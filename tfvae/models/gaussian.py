@@ -11,6 +11,7 @@ import numpy as np
 from tfvae import networks, objectives
 from tfvae._keras import keras, tf, tfd
 from tfvae.models.base import LatentVariableModel
+from tfvae.noise import Noise
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -57,3 +58,15 @@ class GaussianVAE(LatentVariableModel):
         # Independent(Normal) wraps per-dimension Normals: their KL is per unit.
         q = self.encode(x)
         return tfd.kl_divergence(q.distribution, tfd.Normal(0.0, 1.0))
+
+    # ------------------------------------------------------------ sampler
+    def noise_inputs(self):
+        return (Noise("eps", (self.latent_dim,), "normal"),)
+
+    @staticmethod
+    def codes_from_noise(params, inputs):
+        return inputs["eps"]  # [n, latent]: the prior is N(0, I)
+
+    @staticmethod
+    def prior_description(params):
+        return {"kind": "normal", "loc": 0.0, "scale": 1.0}

@@ -1,0 +1,308 @@
+"""Keras callbacks for tfvae models, usable in your own ``fit`` as in ``tfvae train``.
+
+* :class:`KLWarmup`: linear KL warm-up (Bowman et al. 2016);
+* :class:`RunRecorder`: full checkpoints, metrics and the training record of
+  a run directory every epoch (what ``--resume`` continues from);
+* :class:`StopOnNonFinite`: stops at the first non-finite loss and says where;
+* :class:`StopOnRequest`: stops at the next step when asked (Ctrl-C, SIGTERM);
+* :class:`ReleaseMemory`: hands freed heap back after compilation;
+* :class:`Progress`: batches, images/s and metrics, one line per epoch.
+
+Example:
+  >>> from tfvae.callbacks import KLWarmup, RunRecorder
+  >>> model.fit(x, epochs=10, callbacks=[KLWarmup(5), RunRecorder("runs/mine")])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from pathlib import Path
+
+from tfvae import distribute, files
+from tfvae._keras import keras, tf
+from tfvae.runs import layout, record
+from tfvae.runs.store import save_weights
+from tfvae.utils import release_memory
+
+
+class KLWarmup(keras.callbacks.Callback):
+    """Linear KL warm-up: the KL term's weight is ``min(1, epoch / epochs)``.
+
+    Epoch ``e`` (counting from 1) trains with weight ``min(1, e / epochs)``, so
+    the ELBO itself is optimised from epoch ``epochs`` on; 0 epochs is no
+    warm-up. Reported ``elbo`` metrics always use weight 1.
+
+    Args:
+      epochs: warm-up length in epochs.
+    """
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = int(epochs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        weight = min(1.0, (epoch + 1) / self.epochs) if self.epochs > 0 else 1.0
+        self.model.kl_weight.assign(weight)
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss and records where it appeared.
+
+    Args:
+      steps_per_call: training steps per Keras step (a fused block's batches).
+      batches_per_epoch: training steps per epoch, to bound the reported range.
+
+    Attributes:
+      where: None, or ``(epoch, (first_step, last_step))`` 0-based, the step
+        range being the one call in which the loss became non-finite (None
+        when only the epoch's metrics were non-finite).
+    """
+
+    def __init__(self, steps_per_call: int = 1, batches_per_epoch: int | None = None):
+        super().__init__()
+        self.steps_per_call = int(steps_per_call)
+        self.batches_per_epoch = batches_per_epoch
+        self.where = None
+        self._epoch, self._last = 0, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch, self._last = epoch, -1
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            first = (self._last + 1) * self.steps_per_call
+            last = (batch + 1) * self.steps_per_call - 1
+            if self.batches_per_epoch:
+                last = min(last, self.batches_per_epoch - 1)
+            self.where = (self._epoch, (first, last))
+            self.model.stop_training = True
+        self._last = batch
+
+    def on_epoch_end(self, epoch, logs=None):
+        values = [float(v) for v in (logs or {}).values()]
+        if self.where is None and not all(math.isfinite(v) for v in values):
+            self.where = (epoch, None)
+            self.model.stop_training = True
+
+    @property
+    def stopped(self) -> bool:
+        return self.where is not None
+
+
+class StopOnRequest(keras.callbacks.Callback):
+    """Stops training after the current step once :meth:`request` was called.
+
+    ``tfvae.train`` calls :meth:`request` from its Ctrl-C and SIGTERM
+    handlers, so training stops at a clean point: the epoch in progress is
+    not recorded, every completed epoch is.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.requested = False
+
+    def request(self) -> None:
+        self.requested = True
+        if self.model is not None:
+            self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.requested:
+            self.model.stop_training = True
+
+    @property
+    def stopped(self) -> bool:
+        return self.requested
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """Writes a run directory's checkpoints and metrics after every completed epoch.
+
+    Each epoch writes, in this order: the full training state (weights,
+    optimizer slots, estimator state, the noise generator) under
+    ``checkpoints/state/epoch-NNNN``, the ``last`` (and, when the monitored
+    value improved, ``best``) weights through temporary files and renames,
+    the training record ``checkpoints/resume.json`` (the commit point), then
+    ``metrics.csv``/``metrics.json`` and ``run.json``, and last removes the
+    previous epoch's state. An epoch cut short (by a stop request or a
+    non-finite loss: any callback in ``skip`` with ``stopped`` true) is not
+    recorded. A full disk removes the new epoch's partial files and raises
+    :class:`tfvae.files.StorageError`; the previous epoch stays resumable.
+
+    Under a multi-worker strategy every worker saves (saving is collective),
+    non-chief workers into a scratch folder they delete; only the chief writes
+    the run directory.
+
+    Args:
+      run_dir: the run directory (made if missing).
+      monitor: ``"val_loss"`` (with validation data) or ``"loss"``.
+      previous: the :class:`tfvae.runs.record.Record` to continue, or None.
+      config: the run's :class:`tfvae.Config`, to keep ``run.json`` current
+        (None: ``run.json`` is not written).
+      data: what ``run.json`` records about the data.
+      strategy: the ``tf.distribute`` strategy (None: the current one).
+      skip: callbacks whose ``stopped`` property marks an epoch not to record.
+    """
+
+    def __init__(self, run_dir, monitor: str = "val_loss", previous=None, config=None,
+                 data=None, strategy=None, skip=()):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.monitor = monitor
+        self.record = previous
+        self.config = config
+        self.data = data
+        self.strategy = strategy
+        self.skip = tuple(skip)
+        self.chief = distribute.is_chief(strategy)
+        self._t0 = time.perf_counter()
+
+    def on_train_begin(self, logs=None):
+        (self.run_dir / layout.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        self._checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    @property
+    def history(self) -> list:
+        return [] if self.record is None else list(self.record.history)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        if any(getattr(c, "stopped", False) for c in self.skip) or not all(
+                math.isfinite(v) for v in logs.values()):
+            return  # keep the last good epoch
+        row = {"epoch": epoch + 1, "seconds": time.perf_counter() - self._t0, **logs}
+        previous = self.record
+        best, best_epoch = (math.inf, None) if previous is None else (previous.best,
+                                                                      previous.best_epoch)
+        improved = logs.get(self.monitor, math.inf) < best
+        if improved:
+            best, best_epoch = logs[self.monitor], epoch + 1
+        new = record.Record(epoch + 1, record.Record.prefix_for(epoch + 1),
+                            self.history + [row], best, best_epoch, self.monitor)
+        # Logs are reduced across workers, so every worker takes the same branches.
+        with distribute.scratch_dir(self.strategy) as scratch:
+            folder = self.run_dir / layout.CHECKPOINTS if scratch is None else scratch
+            self._save(folder, new.prefix, improved)
+        self.record = new
+        if not self.chief:
+            return
+        with files.disk_errors(self.run_dir, f"the record of epoch {new.epoch}",
+                               f"resume with `tfvae train --resume {self.run_dir}`"):
+            record.write(self.run_dir, new)
+            record.write_metrics(self.run_dir, new.history)
+            if self.config is not None:
+                record.write_status(self.run_dir, self.config, "training", new, data=self.data)
+        for old in (self.run_dir / layout.CHECKPOINTS / layout.STATE).glob("epoch-*"):
+            if not old.name.startswith(f"epoch-{new.epoch:04d}."):
+                old.unlink()
+
+    def _save(self, folder: Path, prefix: str, improved: bool) -> None:
+        """State, last and best weights of a new epoch; partial files removed on failure."""
+        try:
+            self._checkpoint.write(str(folder / prefix))
+            save_weights(self.model, folder / layout.LAST)
+            if improved:
+                save_weights(self.model, folder / layout.BEST)
+        except BaseException as exc:
+            for partial in (folder / prefix).parent.glob(Path(prefix).name + ".*"):
+                with contextlib.suppress(OSError):
+                    partial.unlink()
+            if files.no_space(exc):
+                kept = "no completed epoch is kept" if self.record is None else \
+                    f"epoch {self.record.epoch} is kept"
+                raise files.storage_error(
+                    folder, f"the checkpoint of the next epoch ({kept})",
+                    f"resume with `tfvae train --resume {self.run_dir}`") from None
+            raise
+
+
+class ReleaseMemory(keras.callbacks.Callback):
+    """Returns freed heap once compilation is done and once before validation.
+
+    The first training call compiles the step (hundreds of MiB of scratch,
+    freed but kept by the allocator); the first validation traces the test
+    step. Handing the scratch back first keeps the two from stacking up in
+    the run's peak memory.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._done = set()
+
+    def _once(self, key):
+        if key not in self._done:
+            self._done.add(key)
+            release_memory()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._once("train")
+
+    def on_test_begin(self, logs=None):
+        self._once("test")
+
+
+class Progress(keras.callbacks.Callback):
+    """Training progress in batches, images and images/s, then one line per epoch.
+
+    On a terminal the current epoch's line updates in place; otherwise only
+    the finished epochs are printed. Counts are batches and images, whatever
+    the training path (a fused block holds many batches; Keras'
+    ``steps_per_execution`` runs several per call).
+
+    Args:
+      batches_per_epoch: training steps per epoch.
+      batch_size: images per step.
+      images_per_epoch: training images per epoch.
+      steps_per_call: batches per Keras step (a fused block's; 1 otherwise).
+      live: update a line on a terminal (None: when ``stream`` is a terminal).
+      stream: where to write (default ``sys.stdout``).
+    """
+
+    def __init__(self, batches_per_epoch: int, batch_size: int, images_per_epoch: int,
+                 steps_per_call: int = 1, live: bool | None = None, stream=None):
+        super().__init__()
+        self.batches = int(batches_per_epoch)
+        self.batch_size = int(batch_size)
+        self.images = int(images_per_epoch)
+        self.steps_per_call = int(steps_per_call)
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty() if live is None else bool(live)
+        self._epochs = None
+
+    def on_train_begin(self, logs=None):
+        self._epochs = self.params.get("epochs")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._t0 = self._t_last = time.perf_counter()
+
+    def _head(self) -> str:
+        return f"epoch {self._epoch + 1}/{self._epochs}"
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._t_last = time.perf_counter()  # training time, validation left out
+        if not self.live:
+            return
+        done = min((batch + 1) * self.steps_per_call, self.batches)
+        images = min(done * self.batch_size, self.images)
+        rate = images / max(self._t_last - self._t0, 1e-9)
+        loss = (logs or {}).get("loss")
+        shown = "" if loss is None else f"  loss {float(loss):.4g}"
+        self.stream.write(f"\r{self._head()}  batch {done:,}/{self.batches:,}  "
+                          f"{images:,}/{self.images:,} images  {rate:,.0f} images/s{shown}   ")
+        self.stream.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = self._t_last - self._t0
+        metrics = ", ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items())
+        end = "\r" if self.live else ""
+        self.stream.write(f"{end}{self._head()}: {self.images:,} images in {seconds:.2f} s "
+                          f"({self.images / max(seconds, 1e-9):,.0f} images/s); {metrics}\n")
+        self.stream.flush()

@@ -1,0 +1,215 @@
+"""Training, validation and test splits, prepared once per run.
+
+:func:`prepare` picks the data mode (see :mod:`tfvae.data.modes`), carves a
+seeded validation subset from the training split and makes the fixed
+validation and test rows; the training rows stay as the pipelines read them.
+It also warns when the data look wrong for the likelihood.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tfvae import options
+from tfvae.data import modes
+from tfvae.data.sources import DataSet
+from tfvae.errors import ConfigError, DataError, DataWarning
+
+#: Offset added to ``prepare``'s seed for the validation-row permutation.
+VAL_SEED_OFFSET = 12345
+#: Share of blank (constant) training images above which prepare warns.
+BLANK_WARNING = 0.01
+
+
+@dataclass
+class Splits:
+    """Training, validation and test data, ready for a model.
+
+    Attributes:
+        train: Array the training pipeline consumes per batch, interpreted by
+            ``train_mode``: uint8 bits for ``static``/``threshold``, raw values
+            (uint8 or float32) for ``dynamic``/``dequantize``/``none``.
+        val: Fixed float32 validation rows (already binarized/dequantized/scaled,
+            never resampled), or None.
+        test: Fixed test rows, processed the same way: uint8 bits {0, 1} in the
+            binarizing modes (a quarter of the memory of float32), float32
+            otherwise.
+        y_train: Labels of ``train`` rows, or None.
+        y_val: Labels of ``val`` rows, or None.
+        y_test: Labels of ``test`` rows, or None.
+        train_mode: A key of :data:`tfvae.data.MODES`: what the pipeline does
+            per batch.
+        levels: Levels of ``train`` as the pipeline must read it (2 for bits,
+            256 for uint8 pixels, 17 for digits, None for floats).
+        image_shape: ``(H, W, C)``.
+        train_index: Row indices of ``train`` in the data set's training split.
+        val_index: Row indices of ``val`` in the data set's training split, or None.
+    """
+
+    train: np.ndarray
+    val: np.ndarray | None
+    test: np.ndarray
+    y_train: np.ndarray | None
+    y_val: np.ndarray | None
+    y_test: np.ndarray | None
+    train_mode: str
+    levels: int | None
+    image_shape: tuple
+    train_index: np.ndarray | None = field(default=None, repr=False)
+    val_index: np.ndarray | None = field(default=None, repr=False)
+
+
+def validation_rows(n: int, val_fraction: float, seed: int):
+    """Sorted ``(train_rows, val_rows)`` of a seeded random validation subset.
+
+    ``val_rows`` is None when ``val_fraction`` is 0.
+    """
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
+            or not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(
+            f"validation fraction must be in [0, 1), got {val_fraction!r}; "
+            "use e.g. --val-fraction 0.05, or 0 for no validation set"
+        )
+    n_val = math.floor(val_fraction * n)
+    if val_fraction > 0 and n_val < 1:
+        raise ConfigError(
+            f"validation fraction {val_fraction} of {n} training examples leaves no "
+            "validation example; use a larger fraction or 0"
+        )
+    if n - n_val < 1:
+        raise ConfigError(
+            f"validation fraction {val_fraction} leaves no training example out of {n}"
+        )
+    if n_val == 0:
+        return np.arange(n), None
+    perm = np.random.default_rng(seed + VAL_SEED_OFFSET).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def resolve_mode(ds: DataSet, likelihood: str, binarize: str | None) -> str:
+    """The data mode for a likelihood and a ``--binarize`` value (None: the default).
+
+    Bernoulli: ``dynamic`` for non-binary data, ``none`` for binary data.
+    Gaussian: ``none``, which becomes ``dequantize`` for discrete pixels.
+    Float data must lie in [0, 1] to be binarized or used as Bernoulli targets.
+    """
+    if likelihood not in options.LIKELIHOODS:
+        raise ConfigError(f"unknown likelihood {likelihood!r}; choose one of "
+                          f"{tuple(options.LIKELIHOODS)}")
+    if binarize is not None and binarize not in options.BINARIZE:
+        raise ConfigError(f"unknown binarize mode {binarize!r}; choose one of "
+                          f"{tuple(options.BINARIZE)}")
+    if binarize is None:
+        binarize = "dynamic" if likelihood == "bernoulli" and ds.levels != 2 else "none"
+    discrete = ds.levels is not None and ds.levels > 2
+    if binarize == "none" and likelihood == "gaussian" and discrete:
+        return "dequantize"
+    if binarize in ("none", "dynamic", "static") and ds.levels is None:
+        lo, hi = _value_range(ds)
+        if lo < 0.0 or hi > 1.0:
+            if binarize == "none" and likelihood == "bernoulli":
+                raise DataError(
+                    f"{ds.name}: values span {lo:g}..{hi:g}, outside [0, 1], so they "
+                    "cannot be Bernoulli targets; use --binarize threshold or "
+                    "--likelihood gaussian"
+                )
+            if binarize != "none":
+                raise DataError(
+                    f"{ds.name}: values span {lo:g}..{hi:g}, outside [0, 1], so they "
+                    f"cannot be binarized as probabilities (--binarize {binarize}); use "
+                    "--binarize threshold or --likelihood gaussian with --binarize none"
+                )
+    return binarize
+
+
+def _value_range(ds: DataSet) -> tuple[float, float]:
+    return (min(float(ds.x_train.min()), float(ds.x_test.min())),
+            max(float(ds.x_train.max()), float(ds.x_test.max())))
+
+
+def data_warnings(ds: DataSet, likelihood: str) -> list[str]:
+    """What looks wrong in the data for this likelihood (an empty list if nothing)."""
+    found = []
+    x = ds.x_train
+    lo, hi = _value_range(ds)
+    if lo == hi:
+        found.append(f"{ds.name}: every value is {lo:g}; there is nothing to learn")
+        return found
+    blank = int(np.count_nonzero(x.min(axis=1) == x.max(axis=1)))
+    if blank > BLANK_WARNING * len(x):
+        found.append(f"{ds.name}: {blank} of {len(x)} training images are blank (one value "
+                     "everywhere); check the data")
+    if likelihood == "gaussian" and ds.levels is None and (lo < 0.0 or hi > 1.0):
+        found.append(
+            f"{ds.name}: values span {lo:g}..{hi:g}, outside [0, 1]. The Gaussian likelihood "
+            "models any real values, but its scale floor (--min-scale) and the figures "
+            "(drawn on [0, 1]) assume pixel intensities; rescale the data to [0, 1]"
+        )
+    return found
+
+
+def prepare(
+    ds: DataSet,
+    likelihood: str = "bernoulli",
+    binarize: str | None = None,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+) -> Splits:
+    """Binarizes/dequantizes a data set and carves a fixed validation subset.
+
+    Modes (``binarize`` None picks ``dynamic`` for Bernoulli on non-binary data,
+    ``none`` for binary data or a Gaussian likelihood):
+
+    * ``static``: training split binarized with seed 0 and test with seed 1 in file
+      order (bindata), before the validation rows are taken from the training bits.
+    * ``dynamic``: training rows stay raw and are resampled per batch; validation
+      rows get the static seed-0 bits of those rows, test the static seed-1 bits.
+    * ``threshold``: ``scaled > 0.5`` everywhere.
+    * ``none``: scaled values (Bernoulli needs them in [0, 1]). With a Gaussian
+      likelihood and discrete data (uint8, digits) this becomes ``dequantize``:
+      training rows raw, noise ``(x + u) / levels`` per batch; test dequantized once
+      with seed 1 and validation with the seed-0 noise of those rows.
+
+    Args:
+        ds: The data set.
+        likelihood: A key of :data:`tfvae.options.LIKELIHOODS`.
+        binarize: A key of :data:`tfvae.options.BINARIZE`, or None for the default.
+        val_fraction: Fraction in [0, 1) of training rows held out for validation,
+            chosen by ``default_rng(seed + 12345).permutation``; 0 for none.
+        seed: Seed of the validation subset.
+
+    Returns:
+        The :class:`Splits`.
+
+    Raises:
+        ConfigError: Unknown likelihood/mode or an unusable validation fraction.
+        DataError: Float data outside [0, 1] where probabilities are needed.
+    """
+    mode = modes.get(resolve_mode(ds, likelihood, binarize))
+    for message in data_warnings(ds, likelihood):
+        warnings.warn(message, DataWarning, stacklevel=2)
+    train_idx, val_idx = validation_rows(len(ds.x_train), val_fraction, seed)
+    # All rows and no validation: no fancy-indexed copy of the training split.
+    take_idx = None if val_idx is None else train_idx
+    train, val, test, levels = mode.split(ds, take_idx, val_idx)
+
+    def labels(idx):
+        return None if ds.y_train is None or idx is None else ds.y_train[idx]
+
+    return Splits(
+        train=train,
+        val=val,
+        test=test,
+        y_train=ds.y_train if take_idx is None else labels(take_idx),
+        y_val=labels(val_idx),
+        y_test=ds.y_test,
+        train_mode=mode.name,
+        levels=levels,
+        image_shape=tuple(ds.image_shape),
+        train_index=train_idx,
+        val_index=val_idx,
+    )

@@ -1,0 +1,146 @@
+"""Small, safe file operations shared by runs, samplers and exports.
+
+Every write goes through a temporary file in the same folder and an atomic
+rename, so a crash, a ``kill -9`` or a full disk never leaves a half-written
+file under the real name; a failed write removes its temporary file. A full
+disk (or quota) becomes a :class:`StorageError` that names the place and
+says what to do, instead of the raw ``OSError`` text. Only the standard
+library is used here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from tfvae.errors import RunDirError, TfvaeError
+
+#: errno values that mean "no room left" (a full disk or an exhausted quota).
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+class StorageError(TfvaeError):
+    """A file could not be written because its file system is full."""
+
+
+def _free_mib(path: Path) -> float | None:
+    try:
+        return shutil.disk_usage(path).free / 2**20
+    except OSError:
+        return None
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it wraps) is a full-disk error."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            return True
+        # h5py and TensorFlow wrap the OSError in their own errors and messages.
+        if "No space left on device" in str(exc) or "errno = 28" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def storage_error(path, what: str, advice: str = "") -> StorageError:
+    """The error to raise when writing ``what`` under ``path`` hit a full disk."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    free = _free_mib(folder)
+    room = "" if free is None else f" ({free:.1f} MiB free)"
+    return StorageError(
+        f"the disk holding {folder} is full{room}: {what} could not be written. "
+        f"Free some space{', then ' + advice if advice else ''}"
+    )
+
+
+@contextlib.contextmanager
+def disk_errors(path, what: str, advice: str = ""):
+    """Turns a full-disk error raised inside the block into a StorageError."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        if no_space(exc):
+            raise storage_error(path, what, advice) from None
+        raise
+
+
+def atomic_write_bytes(path, content: bytes) -> None:
+    """Writes ``content`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if no_space(exc):
+            raise storage_error(path, path.name) from None
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    """Writes text to ``path`` through a temporary file and a rename."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path, data) -> None:
+    """Writes ``data`` as indented, key-sorted JSON through a temporary file."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside ``path``; renames it onto ``path`` on success.
+
+    For writers that want a file name rather than bytes (``save_weights``,
+    ``np.savez``). The temporary name keeps the real suffix, so format
+    detection by extension still works. On failure it is removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if no_space(exc):
+            raise storage_error(path, path.name) from None
+        raise
+
+
+def read_json(path, what: str):
+    """Reads a JSON file, or raises RunDirError naming the file and what it should hold."""
+    path = Path(path)
+    if not path.is_file():
+        raise RunDirError(f"{path} is missing: the {what} cannot be read")
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path} is corrupt ({what} is not valid JSON: {exc})") from None
+
+
+def sha256(path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

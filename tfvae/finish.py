@@ -1,0 +1,91 @@
+"""The end of a run: best weights, post-fit extras, test evaluation, figures.
+
+:func:`finish_run` is what ``tfvae train`` does after its last epoch (and
+what ``tfvae train --resume`` does for a run interrupted during it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tfvae import files
+from tfvae.runs import layout, record
+from tfvae.runs.data import train_float
+from tfvae.runs.families import family
+from tfvae.runs.store import Run, load_model
+from tfvae.utils import release_memory
+
+
+def finish_run(out: Path, config, splits, data_info: dict, figures: bool = True, model=None,
+               progress: Callable | None = None) -> Run:
+    """Loads the best checkpoint, fits extras, evaluates on test, writes figures.
+
+    Args:
+      out: the run directory (its record holds at least one epoch).
+      config: its configuration (data fields set).
+      splits: its data, prepared as in training.
+      data_info: what ``run.json`` records about the data.
+      figures: write the PNG figures.
+      model: the trained model to load the best weights into, or None to
+        build one.
+      progress: passed to :func:`tfvae.evaluate`.
+
+    Returns:
+      The :class:`Run`, its model the best checkpoint with its extras.
+    """
+    from tfvae.evaluation import evaluate
+
+    state = record.read(out)
+    record.write_status(out, config, "evaluating", state, data=data_info)
+    # Training's freed scratch (compilation, traces) goes back to the system
+    # before evaluation allocates its own.
+    release_memory()
+    model, _ = load_model(out, "best", extras=False, into=model)
+    spec = family(config.model)
+    if spec.post_fit is not None:
+        spec.post_fit(model, train_float(splits, config.seed), config.seed)
+    if spec.save_extras is not None:
+        with files.disk_errors(out, "the model's extra files"):
+            spec.save_extras(model, out)
+    results = evaluate(model, splits.test, k=config.iwae_k, seed=config.seed, progress=progress)
+    note = spec.note(config) if spec.note is not None else None
+    if note:
+        results["note"] = note
+    files.atomic_write_json(out / layout.EVALUATION, results)
+    if figures:
+        write_figures(out, model, splits, state.history)
+    status = record.write_status(out, config, "completed", state, data=data_info, test=results)
+    return Run(path=out, config=config, model=model, status=status, history=state.history)
+
+
+def write_figures(out: Path, model, splits, history) -> list[Path]:
+    """Reconstructions, prior samples, training curves, latent manifold/scatter."""
+    from tfvae import figures as fig
+
+    folder = out / layout.FIGURES
+    folder.mkdir(exist_ok=True)
+    shape = model.image_shape
+    x = splits.test[:10]
+    paths = [
+        fig.save_reconstructions(folder / "reconstructions.png", x, model.reconstruct(x), shape),
+        fig.save_grid(folder / "samples.png", model.sample(64, seed=0), shape, "samples"),
+    ]
+    if history:
+        paths.append(fig.save_curves(folder / "curves.png", history))
+    if model.latent_dim == 2:
+        quantiles = model.latent_quantiles()
+        if quantiles is not None:
+            paths.append(fig.save_manifold(folder / "manifold.png",
+                                           lambda z: model.decode_mean(z).numpy(),
+                                           shape, quantiles))
+        codes = np.asarray(model.posterior_code(splits.test[:2000].astype(np.float32)))
+        paths.append(fig.save_latent_scatter(
+            folder / "latent.png", codes,
+            None if splits.y_test is None else splits.y_test[:2000]))
+    spec = family(model.model_type)
+    if spec.figures is not None:
+        paths += spec.figures(model, folder, splits.test)
+    return paths

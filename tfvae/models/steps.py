@@ -1,0 +1,212 @@
+"""``compile``, ``train_step`` and ``test_step`` shared by every tfvae model.
+
+Keras' own ``fit`` drives them (the keras.io VAE pattern): metric trackers
+exposed through ``metrics``, a dict of named scalars returned per step. A
+batch ``x`` (or ``(x, ...)``) takes one optimizer step. A fused block from
+:func:`tfvae.data.blocks` takes all its batches in one XLA-compiled loop,
+which is what ``tfvae train`` feeds on one device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from tfvae import distribute
+from tfvae._keras import keras, tf
+from tfvae.errors import ConfigError
+from tfvae.packing import BITS_KEY, FLOAT_KEY, ROWS_KEY, is_block, unpack_bits
+
+#: ``compile``'s default ``steps_per_execution``: Keras runs this many training
+#: steps per call into the runtime (``benchmarks/user_fit.py`` measures it).
+STEPS_PER_EXECUTION = 32
+#: ``compile``'s default ``jit_compile`` per architecture, by measurement
+#: (``benchmarks/user_fit.py``): XLA speeds up dense steps on a CPU and slows
+#: down convolutions.
+JIT_COMPILE = {"mlp": True, "conv": False}
+
+
+class TrainingSteps:
+    """Mixin of :class:`tfvae.models.base.LatentVariableModel`: Keras training hooks.
+
+    A model using it defines ``metric_names`` (its trackers), ``objective``
+    (loss and per-example metrics of a batch), ``elbo_terms``, ``next_seed``
+    and ``input_dim``.
+    """
+
+    def compile(self, optimizer="adam", steps_per_execution=None, jit_compile=None, **kwargs):
+        """Keras ``compile`` with the defaults that measured fastest for this model.
+
+        ``steps_per_execution`` defaults to :data:`STEPS_PER_EXECUTION` and
+        ``jit_compile`` to :data:`JIT_COMPILE` for the model's architecture (off
+        under a ``tf.distribute`` strategy). Both mean what Keras documents:
+        with ``steps_per_execution=N`` batch callbacks run every N batches.
+        Pass ``steps_per_execution=1`` or ``jit_compile=False`` for Keras' own
+        defaults. The loss is the model's own: do not pass one.
+        """
+        if steps_per_execution is None:
+            steps_per_execution = STEPS_PER_EXECUTION
+        if jit_compile is None:
+            jit_compile = JIT_COMPILE.get(self.arch, False) and not (
+                tf.distribute.has_strategy() or kwargs.get("run_eagerly"))
+        super().compile(optimizer=optimizer, steps_per_execution=steps_per_execution,
+                        jit_compile=jit_compile, **kwargs)
+
+    @contextlib.contextmanager
+    def _one_step_per_execution(self):
+        # Keras' *_on_batch calls hand over one batch, yet a function compiled
+        # for N steps per execution would ask for N: run one (the step count is
+        # a variable that the compiled loop reads at run time, so nothing retraces).
+        steps = getattr(self, "_steps_per_execution", None)
+        if steps is None:
+            yield
+            return
+        before = int(steps.numpy())
+        steps.assign(1)
+        try:
+            yield
+        finally:
+            steps.assign(before)
+
+    def train_on_batch(self, *args, **kwargs):
+        with self._one_step_per_execution():
+            return super().train_on_batch(*args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        with self._one_step_per_execution():
+            return super().test_on_batch(*args, **kwargs)
+
+    def predict_on_batch(self, *args, **kwargs):
+        with self._one_step_per_execution():
+            return super().predict_on_batch(*args, **kwargs)
+
+    def compile_from_config(self, config):
+        # Loading a compiled .keras file: compile again with what was saved.
+        from tf_keras.src.saving import saving_lib
+
+        self.compile(**saving_lib.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    @property
+    def metrics(self):
+        # Listing the trackers here lets fit/evaluate reset them every epoch.
+        return list(self._trackers.values())
+
+    def _make_trackers(self, names):
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    def _measured(self, loss, values) -> dict:
+        """Per tracker name, what one step measured (only the names it measured)."""
+        measured = {"loss": loss, **values}
+        if "elbo" in self._trackers and "kl" in values:
+            measured["elbo"] = -(values["reconstruction"] + values["kl"])
+        return {k: v for k, v in measured.items() if k in self._trackers}
+
+    def _record(self, loss, values) -> dict:
+        measured = self._measured(loss, values)
+        for name, value in measured.items():
+            self._trackers[name].update_state(value)
+        return {name: self._trackers[name].result() for name in measured}
+
+    @staticmethod
+    def _unpack(data):
+        # fit() may hand us x, (x,), (x, y) or (x, y, w); labels are ignored.
+        if isinstance(data, (tuple, list)):
+            return data[0]
+        return data
+
+    def _step(self, x):
+        """One optimizer step on the batch ``x``; returns ``(loss, metrics)``."""
+        seed = self.next_seed()
+        with tf.GradientTape() as tape:
+            loss, values = self.objective(x, training=True, seed=seed)
+            # Under a strategy this replica's share of the global-batch mean.
+            scaled = distribute.replica_share(loss)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
+        return loss, values
+
+    def train_step(self, data):
+        """One training step, or a fused block of them (see :func:`tfvae.data.blocks`)."""
+        if is_block(data):
+            packed = BITS_KEY in data
+            return self._train_block(data[BITS_KEY if packed else FLOAT_KEY], data[ROWS_KEY],
+                                     packed)
+        loss, values = self._step(self._unpack(data))
+        return self._record(loss, values)
+
+    def test_step(self, data):
+        x = self._unpack(data)
+        terms = self.elbo_terms(x, seed=self.next_seed(), training=False)
+        values = {"reconstruction": terms["reconstruction"], "kl": terms["kl"]}
+        loss = tf.reduce_mean(terms["reconstruction"] + terms["kl"])
+        return self._record(loss, values)
+
+    # ------------------------------------------------------------ fused blocks
+    def _batch_of(self, rows, packed: bool):
+        """float32 batch from block rows: bit-unpacked (``pack_bits`` order) or cast."""
+        return tf.cast(unpack_bits(rows, self.input_dim) if packed else rows, tf.float32)
+
+    def _train_block(self, block, rows, packed=False):
+        """The ``rows // B`` full batches in one compiled loop, then the partial one."""
+        if tf.distribute.has_strategy():
+            raise ConfigError(
+                "fused training blocks run outside tf.distribute strategies (even one-device "
+                "ones: the optimizer's cross-replica update cannot run inside the compiled "
+                "loop); under a strategy train on plain batches (tfvae.data.make_pipeline)"
+            )
+        if block.shape.rank != 3 or block.shape[1] is None:
+            raise ConfigError(f"a training block must be (steps, batch, D), got {block.shape}")
+        batch = int(block.shape[1])
+        rows = tf.cast(rows, tf.int32)
+        full = rows // batch
+        with tf.init_scope():
+            self.optimizer.build(self.trainable_variables)
+        self._run_block(block, full, packed)
+        flat = tf.reshape(block, [-1, block.shape[-1]])
+
+        def tail():
+            loss, values = self._step(self._batch_of(flat[full * batch:rows], packed))
+            for name, value in self._measured(loss, values).items():
+                self._trackers[name].update_state(value)
+            return tf.constant(0)
+
+        tf.cond(rows > full * batch, tail, lambda: tf.constant(0))
+        # Training measures every tracker (test steps only the ELBO terms).
+        return {name: t.result() for name, t in self._trackers.items()}
+
+    def _metric_sums(self, loss, values):
+        """Per tracker, the ``(sum, count)`` that ``update_state`` would add."""
+        measured = self._measured(loss, values)
+        sums, counts = [], []
+        for name in self._trackers:
+            value = measured.get(name)
+            if value is None:
+                sums.append(tf.constant(0.0))
+                counts.append(tf.constant(0.0))
+                continue
+            value = tf.cast(value, tf.float32)
+            sums.append(tf.reduce_sum(value))
+            counts.append(tf.cast(tf.size(value), tf.float32))
+        return tf.stack(sums), tf.stack(counts)
+
+    @tf.function(jit_compile=True)
+    def _run_block(self, block, full, packed):
+        # The first ``full`` batches of the block, one optimizer step each. The
+        # metrics' sums ride along in the loop and reach the trackers once,
+        # instead of an update per step.
+        size = len(self._trackers)
+
+        def body(i, sums, counts):
+            loss, values = self._step(self._batch_of(block[i], packed))
+            step_sums, step_counts = self._metric_sums(loss, values)
+            return i + 1, sums + step_sums, counts + step_counts
+
+        zeros = tf.zeros([size])
+        _, sums, counts = tf.while_loop(
+            lambda i, *_: i < full, body, (tf.constant(0), zeros, zeros)
+        )
+        for j, tracker in enumerate(self._trackers.values()):
+            tracker.total.assign_add(sums[j])
+            tracker.count.assign_add(counts[j])
+        return full

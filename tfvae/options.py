@@ -1,0 +1,96 @@
+"""Every named choice of tfvae, in one TensorFlow-free table.
+
+:class:`tfvae.Config`'s validation, the click options of ``tfvae train`` and
+the implementing registries (estimators, strategies, model families,
+observation models, data modes) all read these tables, so a new estimator
+or model family is one function (or class) plus one line here, and
+``tfvae --help`` never imports TensorFlow. ``tests/test_options.py`` checks
+that the CLI, ``Config`` and the registries agree.
+
+Example:
+  >>> from tfvae import options
+  >>> options.ESTIMATORS["rloo"].min_samples
+  2
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """What a gradient estimator needs and what it estimates.
+
+    Attributes:
+      summary: one line for ``--help`` and the README.
+      min_samples: the smallest ``num_samples`` it works with.
+      input_baseline: whether the model must own a baseline network ``c(x)``.
+      objective: ``"elbo"`` or ``"k-sample bound"``: what the gradient is of.
+    """
+
+    summary: str
+    min_samples: int = 1
+    input_baseline: bool = False
+    objective: str = "elbo"
+
+
+#: ``--model``: model family -> summary (implemented by ``tfvae.runs.FAMILIES``).
+MODELS = {
+    "gaussian": "Gaussian-latent VAE, reparameterized (z = mu + sigma * eps)",
+    "bernoulli": "Bernoulli-latent VAE trained with a score-function estimator",
+    "ae-gmm": "autoencoder with a Gaussian mixture fitted to its codes",
+}
+
+#: ``--estimator``: Bernoulli-latent gradient estimators (``tfvae.estimators.ESTIMATORS``).
+ESTIMATORS = {
+    "reinforce": Estimator("score function without a baseline (Williams 1992)"),
+    "ema": Estimator("score function with a moving-average baseline"),
+    "nvil": Estimator("learned input-dependent baseline (Mnih & Gregor 2014)",
+                      input_baseline=True),
+    "rloo": Estimator("leave-one-out baseline over k samples (Kool et al. 2019)",
+                      min_samples=2),
+    "disarm": Estimator("antithetic pairs sharing one uniform (Dong et al. 2020)"),
+    "vimco": Estimator("k-sample bound with leave-one-out signals (Mnih & Rezende 2016)",
+                       min_samples=2, objective="k-sample bound"),
+}
+
+#: ``--strategy``: ``tf.distribute`` strategies (``tfvae.distribute.STRATEGIES``).
+STRATEGIES = {
+    "default": "one device",
+    "mirrored": "every local GPU (or logical CPU device), one process",
+    "multiworker": "several processes or machines described by TF_CONFIG",
+}
+
+#: ``--likelihood``: observation models p(x|z) (``tfvae.networks.OBSERVATIONS``).
+LIKELIHOODS = {
+    "bernoulli": "binary data: independent Bernoulli pixels (logits)",
+    "gaussian": "real-valued data: independent Normal pixels",
+}
+
+#: ``--binarize``: how binary training data are made (``tfvae.data.MODES``).
+BINARIZE = {
+    "none": "values as they are (probabilities in [0, 1] for a Bernoulli likelihood)",
+    "static": "one fixed draw per pixel (the shared bindata protocol)",
+    "dynamic": "a fresh draw per pixel every epoch",
+    "threshold": "1 where the scaled value exceeds 0.5",
+}
+
+#: ``--arch``: encoder and decoder networks (``tfvae.networks``).
+ARCHS = {
+    "mlp": "dense layers on flattened images",
+    "conv": "strided convolutions down, transposed convolutions up",
+}
+
+#: ``--covariance``: Gaussian mixture covariance types (scikit-learn's).
+COVARIANCES = {
+    "full": "one full covariance per component",
+    "tied": "one full covariance shared by all components",
+    "diag": "one diagonal covariance per component",
+    "spherical": "one variance per component",
+}
+
+
+def names(table) -> tuple[str, ...]:
+    """The choices of a table, in order."""
+    return tuple(table)

@@ -1,0 +1,51 @@
+"""The fused training block: the format shared by data pipelines and models.
+
+A block is one element of :func:`tfvae.data.blocks`: ``K`` batches that a
+model's ``train_step`` runs in one compiled loop. It is a dict:
+
+* ``{"block": (K, B, D) float32, "rows": n}``, or
+* ``{"bits": (K, B, ceil(D / 8)) uint8, "rows": n}`` for binary rows packed
+  eight pixels per byte by :func:`pack_bits` (unpacked by the model a batch
+  at a time with :func:`unpack_bits`);
+
+the first ``n`` rows (in row-major order) are real, the rest padding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Training steps that one block holds.
+BLOCK_STEPS = 50
+#: Keys of a block dict.
+FLOAT_KEY, BITS_KEY, ROWS_KEY = "block", "bits", "rows"
+
+
+def is_block(data) -> bool:
+    """Whether a ``train_step`` input is a fused block."""
+    return isinstance(data, dict) and ROWS_KEY in data and (FLOAT_KEY in data or BITS_KEY in data)
+
+
+def pack_bits(x: np.ndarray, chunk_rows: int = 8192) -> np.ndarray:
+    """``np.packbits(x, axis=1)`` of a ``(N, D)`` array of bits, chunk by chunk.
+
+    Eight pixels per byte: a binarized 60,000 x 784 split takes 5.9 MB instead
+    of 47 MB. Works on any dtype holding only 0 and 1 without a full-size
+    temporary.
+    """
+    x = np.asarray(x)
+    out = np.empty((len(x), (x.shape[1] + 7) // 8), np.uint8)
+    for start in range(0, len(x), chunk_rows):
+        stop = min(start + chunk_rows, len(x))
+        out[start:stop] = np.packbits(x[start:stop].astype(bool, copy=False), axis=1)
+    return out
+
+
+def unpack_bits(packed, width: int):
+    """TensorFlow inverse of :func:`pack_bits`: ``(n, ceil(D/8))`` -> ``(n, D)`` uint8."""
+    from tfvae._keras import tf
+
+    shifts = tf.constant([7, 6, 5, 4, 3, 2, 1, 0], tf.uint8)
+    bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(packed[..., None], shifts), 1)
+    bits = tf.reshape(bits, [tf.shape(packed)[0], packed.shape[-1] * 8])
+    return bits[:, :width]
