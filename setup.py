@@ -36,6 +36,8 @@ setup(
         "matplotlib>=3.8,<4",
         "click>=8.1,<9",
         "ai-edge-litert>=2.0,<3",
+        # LiteRT files are read and their tensors named with the flatbuffers runtime.
+        "flatbuffers>=24.3",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6"],

@@ -55,12 +55,14 @@ def main(argv=None):
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
     import tfvae
-    import tfvae.runs
     from tfvae import export
     from tfvae._keras import keras
+    from tfvae.export.graph import clone_body
+    from tfvae.networks import split_head
+    from tfvae.runs.store import load_model
 
     if args.run:
-        model, _ = tfvae.runs.load_model(args.run)
+        model, _ = load_model(args.run)
     else:
         keras.utils.set_random_seed(0)
         model = tfvae.GaussianVAE(input_dim=784, latent_dim=20, hidden=(400,))
@@ -69,9 +71,9 @@ def main(argv=None):
     export.export(model, tmp / "export")
 
     # The bare conversion: the same decoder weights as a Keras model, converted directly.
-    layers, _ = export.split_head(model.decoder)
+    layers, _ = split_head(model.decoder)
     head = keras.layers.Activation("sigmoid" if model.likelihood == "bernoulli" else "linear")
-    bare = export.clone_body(layers + [head], model.latent_dim, "bare_decoder")
+    bare = clone_body(layers + [head], model.latent_dim, "bare_decoder")
     bare_files = {}
     for precision in export.PRECISIONS:
         converter = tf.lite.TFLiteConverter.from_keras_model(bare)

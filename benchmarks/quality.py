@@ -36,7 +36,7 @@ DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
 def run_tfvae(args, model: str, latent: int, seed: int, estimator: str | None) -> dict:
     import tfvae
     from tfvae.evaluation import evaluate
-    from tfvae.training import load_data
+    from tfvae.runs.data import load_data
 
     options = dict(
         model=model, data_dir=args.data_dir, binarize="static", val_fraction=0.0,

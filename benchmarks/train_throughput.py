@@ -40,7 +40,7 @@ from pathlib import Path
 opts = json.loads(sys.argv[1])
 import tfvae
 from tfvae.evaluation import evaluate
-from tfvae.training import load_data
+from tfvae.runs.data import load_data
 iwae_k = opts.pop("iwae_k_bench")
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

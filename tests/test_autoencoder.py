@@ -295,7 +295,8 @@ def test_train_end_to_end(tmp_path):
     evaluation = run.evaluation
     assert np.isfinite(evaluation["log_likelihood"]) and evaluation["k"] == 5
     figures = {p.name for p in (out / "figures").iterdir()}
-    assert {"clusters.png", "component_samples.png", "samples.png", "latent.png"} <= figures
+    assert {"clusters.png", "component_samples.png", "samples.png", "latent.png",
+            "manifold.png"} <= figures
     loaded = load_run(out).model
     assert loaded.fitted and loaded.mixture.num_components == 5
     np.testing.assert_array_equal(loaded.sample(4, seed=1), run.model.sample(4, seed=1))

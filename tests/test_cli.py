@@ -34,11 +34,23 @@ def test_help_is_fast_and_lists_commands():
     assert elapsed < 30  # generous: a loaded CI machine; typically well under a second
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "sample"])
+@pytest.mark.parametrize("command", sorted(cli.commands))
 def test_every_command_has_help_with_examples(runner, command):
     result = runner.invoke(cli, [command, "--help"])
     assert result.exit_code == 0, result.output
-    assert "Examples:" in result.output
+    assert "Examples:" in result.output and "--verbose" in result.output
+
+
+def test_programming_errors_keep_their_traceback(runner, tmp_path, monkeypatch):
+    """Only errors a user can cause become one-line messages."""
+    import tfvae.runs.layout
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug, not a user error")
+
+    monkeypatch.setattr(tfvae.runs.layout, "check_run_dir", broken)
+    result = runner.invoke(cli, ["evaluate", str(tmp_path)])
+    assert result.exit_code != 0 and isinstance(result.exception, TypeError)
 
 
 def test_train_evaluate_sample_end_to_end(runner, tmp_path):
@@ -47,6 +59,8 @@ def test_train_evaluate_sample_end_to_end(runner, tmp_path):
                                  "--iwae-k", "5", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "test elbo" in result.output
+    # Progress in images and images/s, whatever the training path (not Keras' blocks).
+    assert "epoch 1/1: 8,550 images in" in result.output and "images/s" in result.output
     for name in ("config.json", "run.json", "metrics.csv", "metrics.json", "evaluation.json",
                  "checkpoints/last.weights.h5", "checkpoints/best.weights.h5",
                  "figures/samples.png", "figures/reconstructions.png", "figures/manifold.png",
@@ -132,3 +146,50 @@ def test_run_directory_problems(runner, tmp_path, tiny_run):
     (bad_ckpt / "checkpoints" / "best.weights.h5").write_bytes(b"not hdf5")
     result = runner.invoke(cli, ["evaluate", str(bad_ckpt)])
     assert result.exit_code != 0 and "cannot be read" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["train", "--epochs", "1", "--out", "{run}"], "already holds a tfvae run"),
+        (["evaluate", "{missing}"], "does not exist"),
+        (["export", "{run}", "--out", "{other}"], "not a tfvae export"),
+        (["export", "{run}", "--out", "{other}", "--overwrite"], "not a tfvae export"),
+        (["sample", "{missing}", "--out", "{png}"], "does not exist"),
+    ],
+)
+def test_refusals_come_before_tensorflow_is_imported(tiny_run, tmp_path, args, words):
+    """Path checks need no TensorFlow: with it unimportable, they still answer."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    values = {"run": tiny_run, "missing": tmp_path / "nope", "other": other,
+              "png": tmp_path / "s.png"}
+    argv = [a.format(**values) for a in args]
+    code = ("import sys; sys.modules['tensorflow'] = None; "
+            "from tfvae_cli.main import main; sys.argv = ['tfvae'] + sys.argv[1:]; main()")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert words in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert (other / "notes.txt").read_text() == "keep me"
+
+
+def test_commands_are_quiet_by_default(tiny_run, tmp_path):
+    """No TensorFlow/LiteRT native log lines unless -v asks for them."""
+    done = subprocess.run([sys.executable, "-m", "tfvae_cli.main", "evaluate", str(tiny_run),
+                           "--k", "2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for noise in ("I0000", "E0000", "cuda", "absl::InitializeLog", "XNNPACK", "WARNING:"):
+        assert noise not in done.stderr, done.stderr
+
+
+def test_evaluation_progress_is_shown_for_long_evaluations(capsys):
+    from tfvae_cli.common import EvaluationProgress
+
+    progress = EvaluationProgress(after=0.0, every=0.0)
+    for done in (100, 200, 300):
+        progress("iwae", done, 300)
+    err = capsys.readouterr().err
+    assert "log-likelihood (IWAE): 300/300 examples" in err and "left" in err
+

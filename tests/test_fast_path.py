@@ -202,6 +202,16 @@ def test_compile_defaults_are_measured_and_overridable():
     assert mlp.run_eagerly and not mlp.jit_compile
 
 
+def test_on_batch_methods_work_with_several_steps_per_execution(binary_images):
+    model = tfvae.GaussianVAE(latent_dim=2, hidden=[8])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))  # 32 steps per execution
+    logs = model.train_on_batch(binary_images[:64], return_dict=True)
+    assert int(model.optimizer.iterations.numpy()) == 1 and np.isfinite(logs["loss"])
+    assert np.isfinite(model.test_on_batch(binary_images[:64], return_dict=True)["loss"])
+    assert model.predict_on_batch(binary_images[:5]).shape == (5, 784)
+    assert int(model._steps_per_execution.numpy()) == 32  # restored afterwards
+
+
 @pytest.mark.parametrize("binary", [True, False])
 def test_fused_bernoulli_log_prob_matches_tfp(binary):
     rng = np.random.default_rng(0)

@@ -52,7 +52,6 @@ def gradient_variance(model, x, estimators=None, num_draws: int = 50, seed: int 
       and ``norm_snr`` (``||mean g|| / sqrt(variance)``).
     """
     from tfvae._keras import tf
-    from tfvae.utils import stateless_seed
 
     if not hasattr(model, "estimate"):
         raise ConfigError(
@@ -70,42 +69,49 @@ def gradient_variance(model, x, estimators=None, num_draws: int = 50, seed: int 
                 f"this model can use: {', '.join(usable)}"
             )
     x = tf.convert_to_tensor(np.asarray(x, np.float32).reshape(-1, model.input_dim))
-    variables = model.encoder.trainable_variables
-
     results = {}
     for name in names:
         fn = estimators_lib.get(name)
         k = max(model.num_samples, fn.min_samples)
-
-        @tf.function(input_signature=[tf.TensorSpec([2], tf.int32)])
-        def draw(s, name=name, k=k):
-            with tf.GradientTape() as tape:
-                est, _ = model.estimate(x, estimator=name, seed=s, training=False,
-                                        num_samples=k)
-            grads = tape.gradient(est.loss, variables)
-            return tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
-
-        total = sq_total = None
-        sq_norms = []
-        for i in range(int(num_draws)):
-            g = draw(stateless_seed(seed, i)).numpy().astype(np.float64)  # [params]
-            total = g if total is None else total + g
-            sq_total = g * g if sq_total is None else sq_total + g * g
-            sq_norms.append(float(g @ g))
-        n = float(num_draws)
-        mean = total / n
-        var = np.maximum(sq_total / n - mean * mean, 0.0) * n / (n - 1.0)  # unbiased
-        std = np.sqrt(var)
-        spread = std > 0
-        trace = float(var.sum())
-        mean_norm = float(np.linalg.norm(mean))
+        draws = _draws(model, x, name, k, int(num_draws), seed)  # [draws, params]
         results[name] = {
             "objective": fn.objective,
             "num_samples": k if fn.min_samples > 1 else 1,
-            "variance": trace,
-            "mean_sq_norm": float(np.mean(sq_norms)),
-            "mean_norm": mean_norm,
-            "snr": float(np.mean(np.abs(mean[spread]) / std[spread])) if spread.any() else 0.0,
-            "norm_snr": float(mean_norm / np.sqrt(trace)) if trace > 0 else float("inf"),
+            **_spread(draws),
         }
     return results
+
+
+def _draws(model, x, name: str, k: int, num_draws: int, seed: int) -> np.ndarray:
+    """``num_draws`` encoder gradients of one estimator's surrogate, ``[draws, params]``."""
+    from tfvae._keras import tf
+    from tfvae.utils import stateless_seed
+
+    variables = model.encoder.trainable_variables
+
+    @tf.function(input_signature=[tf.TensorSpec([2], tf.int32)])
+    def draw(s):
+        with tf.GradientTape() as tape:
+            est, _ = model.estimate(x, estimator=name, seed=s, training=False, num_samples=k)
+        grads = tape.gradient(est.loss, variables)
+        return tf.concat([tf.reshape(g, [-1]) for g in grads], axis=0)
+
+    return np.stack([draw(stateless_seed(seed, i)).numpy().astype(np.float64)
+                     for i in range(num_draws)])
+
+
+def _spread(draws: np.ndarray) -> dict:
+    """Variance, norms and signal-to-noise ratios of gradient draws ``[draws, params]``."""
+    mean = draws.mean(axis=0)
+    var = draws.var(axis=0, ddof=1)  # unbiased, per parameter
+    std = np.sqrt(var)
+    spread = std > 0
+    trace = float(var.sum())
+    mean_norm = float(np.linalg.norm(mean))
+    return {
+        "variance": trace,
+        "mean_sq_norm": float(np.mean(np.sum(draws * draws, axis=1))),
+        "mean_norm": mean_norm,
+        "snr": float(np.mean(np.abs(mean[spread]) / std[spread])) if spread.any() else 0.0,
+        "norm_snr": float(mean_norm / np.sqrt(trace)) if trace > 0 else float("inf"),
+    }

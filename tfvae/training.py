@@ -149,6 +149,15 @@ class _Signals:
             signal.signal(sig, handler)
 
 
+@contextlib.contextmanager
+def _advice_on_interrupt(out: Path, config: Config):
+    """Turns any KeyboardInterrupt into an Interrupted that says what was kept."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        raise Interrupted(interruption_advice(out, config)) from exc
+
+
 def interruption_advice(out: Path, config: Config) -> str:
     """What an interrupted run kept, and the command that continues it."""
     if not (out / layout.CONFIG).is_file():
@@ -223,9 +232,13 @@ def train(
         return _resume(Path(resume), overrides, options)
     config = dataclasses.replace(config or Config(), **overrides)
     out = Path(out) if out is not None else layout.default_out(config.model)
+    return _new_run(config, out, options)
+
+
+def _new_run(config: Config, out: Path, options: dict) -> Run:
     if config.strategy != "multiworker":  # every worker of a cluster shares --out
         layout.check_new_out(out)  # refuse early, before loading anything
-    with _Signals() as signals:
+    with _Signals() as signals, _advice_on_interrupt(out, config):
         strategy = distribute.make_strategy(config.strategy)
         chief = distribute.is_chief(strategy)
         dataset, splits = load_data(config)
@@ -265,7 +278,7 @@ def _resume(out: Path, overrides: dict, options: dict) -> Run:
         )
     layout.check_run_dir(out)
     config = dataclasses.replace(load_config(out), **overrides)
-    with _Signals() as signals:
+    with _Signals() as signals, _advice_on_interrupt(out, config):
         lock = layout.RunLock(out).acquire() if config.strategy != "multiworker" else None
         try:
             state = record.read(out)  # validated before anything trusts it
@@ -316,10 +329,10 @@ def _run(session: Session, signals: _Signals) -> Run:
         return finish_run(out, config, session.splits, session.data, session.figures,
                           model=model if config.strategy == "default" else None,
                           progress=session.progress)
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt:
         if session.chief:
             _set_status(session, "interrupted")
-        raise Interrupted(interruption_advice(out, config)) from exc
+        raise
     except (TrainingError, files.StorageError):
         if session.chief:
             _set_status(session, "failed")

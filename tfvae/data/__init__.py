@@ -28,6 +28,7 @@ from tfvae.data.binarize import (
     is_binary,
     scale,
 )
+from tfvae.data.loading import load_dataset
 from tfvae.data.modes import MODES, TEST_SEED, TRAIN_SEED, Mode
 from tfvae.data.pipelines import BlockPipeline, blocks, make_pipeline
 from tfvae.data.sources import (
@@ -36,7 +37,6 @@ from tfvae.data.sources import (
     SPLIT_10K,
     DataSet,
     from_arrays,
-    load_dataset,
 )
 from tfvae.data.splits import Splits, data_warnings, prepare, validation_rows
 from tfvae.errors import ConfigError, DataError

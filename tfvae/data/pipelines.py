@@ -166,17 +166,24 @@ def blocks(
       >>> b = tfvae.data.blocks(x_train, batch_size=128, seed=0)
       >>> model.fit(b.dataset, steps_per_epoch=b.steps_per_epoch, epochs=10)
     """
-    from tfvae._keras import tf
-
     x = np.asarray(x)
     if mode is None:
         mode = "static" if is_binary(x) else "none"
         if levels is None and x.dtype == np.uint8 and mode == "none":
             levels = 256
     spec = _check(x, mode, batch_size, levels)
-    n, width = x.shape
+    n = len(x)
     batches = -(-n // batch_size)
     steps = max(1, min(int(block_steps), batches))
+    dataset, count = _block_dataset(x, spec, levels, steps, int(batch_size), seed, shuffle)
+    return BlockPipeline(dataset, count, batches, steps, int(batch_size), n)
+
+
+def _block_dataset(x, spec, levels, steps, batch_size, seed, shuffle):
+    """The repeating dataset of blocks and the number of blocks per epoch."""
+    from tfvae._keras import tf
+
+    n, width = x.shape
     size = steps * batch_size
     count = -(-n // size)
     packed = spec.bits
@@ -200,5 +207,4 @@ def blocks(
         return {FLOAT_KEY: tf.reshape(b, [steps, batch_size, width]), ROWS_KEY: rows_in_block}
 
     ds = tf.data.Dataset.random(seed=seed).flat_map(epoch)
-    ds = ds.map(gather).prefetch(2)
-    return BlockPipeline(ds, count, batches, steps, int(batch_size), n)
+    return ds.map(gather).prefetch(2), count

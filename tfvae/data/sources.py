@@ -1,10 +1,10 @@
-"""Data sets by name or path: the embedded MNIST digits, scikit-learn's digits,
-MNIST-format IDX folders, ``.npz`` and ``.npy`` files.
+"""Local data sets: the embedded MNIST digits, scikit-learn's digits, MNIST-format
+IDX folders, ``.npz`` and ``.npy`` files, and arrays.
 
 Each loader returns a :class:`DataSet` of raw values (uint8 pixels, digits
 0..16, or floats) flattened to rows, with the image shape ``(H, W, C)`` that
-unflattens them. Nothing is unpickled. TensorFlow Datasets names go through
-:mod:`tfvae.data.tfds`.
+unflattens them. Nothing is unpickled. :func:`tfvae.data.load_dataset`
+(:mod:`tfvae.data.loading`) picks the loader for a name or a path.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import lzma
 import math
-import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -80,51 +79,7 @@ class DataSet:
         return scale(x, self.levels)
 
 
-def load_dataset(
-    name: str | None = None,
-    data_dir: str | os.PathLike | None = None,
-    tfds_data_dir: str | os.PathLike | None = None,
-    reachability_timeout: float = 3.0,
-) -> DataSet:
-    """Loads a data set by name or from a path.
-
-    Args:
-        name: ``"mnist-10k"`` (embedded, the default), ``"digits"`` (scikit-learn),
-            or a TFDS name such as ``"fashion_mnist"``. Must be None when
-            ``data_dir`` is given.
-        data_dir: A directory of MNIST-format IDX ``.gz`` files, a ``.npz`` file
-            (``x_train``, ``x_test``, optional ``y_train``, ``y_test``) or a
-            ``.npy`` file (one array, first 90% of rows train, the rest test).
-        tfds_data_dir: TFDS data directory (TFDS's default when None).
-        reachability_timeout: Seconds to wait for the TFDS download host before
-            failing when a TFDS data set is not prepared locally.
-
-    Returns:
-        The :class:`DataSet`.
-
-    Raises:
-        DataError: The data set is unknown, missing, unreadable or unusable; the
-            message says what to do.
-    """
-    if name is not None and data_dir is not None:
-        raise DataError(
-            f"give either a data set name ({name!r}) or a data directory ({data_dir}), "
-            "not both"
-        )
-    if data_dir is not None:
-        return _load_path(Path(os.fspath(data_dir)).expanduser())
-    if name is None or name == EMBEDDED:
-        return _load_embedded()
-    if name == "digits":
-        return _load_digits()
-    if not isinstance(name, str) or not name.strip():
-        raise DataError(f"invalid data set name {name!r}; local data sets: {LOCAL_DATASETS}")
-    from tfvae.data import tfds
-
-    return tfds.load(name, tfds_data_dir, reachability_timeout)
-
-
-def _load_embedded() -> DataSet:
+def load_embedded() -> DataSet:
     """The MNIST t10k set shipped with tfvae: first 9,000 train, last 1,000 test."""
     blobs = []
     for filename in _EMBEDDED_FILES:
@@ -142,7 +97,7 @@ def _load_embedded() -> DataSet:
     return from_arrays(EMBEDDED, x[:SPLIT_10K], x[SPLIT_10K:], y[:SPLIT_10K], y[SPLIT_10K:])
 
 
-def _load_digits() -> DataSet:
+def load_digits() -> DataSet:
     """scikit-learn's 8x8 digits (1,797 images, values 0..16), split 90/10 by order.
 
     The first ``floor(0.9 * N)`` rows (1,617) are the training split, the last
@@ -170,7 +125,7 @@ def train_rows(n: int) -> int:
     return (TRAIN_FRACTION_NUM * n) // TRAIN_FRACTION_DEN
 
 
-def _load_path(path: Path) -> DataSet:
+def load_path(path: Path) -> DataSet:
     if not path.exists():
         raise DataError(
             f"data path {path} does not exist; give a directory of MNIST-format IDX .gz "

@@ -161,18 +161,14 @@ def prepare(
 ) -> Splits:
     """Binarizes/dequantizes a data set and carves a fixed validation subset.
 
-    Modes (``binarize`` None picks ``dynamic`` for Bernoulli on non-binary data,
-    ``none`` for binary data or a Gaussian likelihood):
-
-    * ``static``: training split binarized with seed 0 and test with seed 1 in file
-      order (bindata), before the validation rows are taken from the training bits.
-    * ``dynamic``: training rows stay raw and are resampled per batch; validation
-      rows get the static seed-0 bits of those rows, test the static seed-1 bits.
-    * ``threshold``: ``scaled > 0.5`` everywhere.
-    * ``none``: scaled values (Bernoulli needs them in [0, 1]). With a Gaussian
-      likelihood and discrete data (uint8, digits) this becomes ``dequantize``:
-      training rows raw, noise ``(x + u) / levels`` per batch; test dequantized once
-      with seed 1 and validation with the seed-0 noise of those rows.
+    Modes (see :mod:`tfvae.data.modes`; ``binarize`` None picks ``dynamic`` for
+    Bernoulli on non-binary data, ``none`` for binary data or a Gaussian
+    likelihood): ``static`` binarizes the training split with seed 0 and test
+    with seed 1 in file order (bindata), then takes the validation rows from
+    the training bits; ``dynamic`` resamples training bits per batch, with
+    the static bits for validation and test; ``threshold`` is ``scaled > 0.5``;
+    ``none`` scales, and becomes ``dequantize`` (``(x + u) / levels``) for a
+    Gaussian likelihood on discrete pixels.
 
     Args:
         ds: The data set.

@@ -79,8 +79,13 @@ def export_module(model):
             return {k: tf.identity(v, name=k) for k, v in outputs.items()}
 
     module = Exported()
+    return module, _info(model, module, decoder_head, encoder_outputs, noise, sampler_params)
+
+
+def _info(model, module, decoder_head, encoder_outputs, noise, sampler_params) -> dict:
+    """What the manifest says of the graphs: meanings, noise, weight counts, prior."""
     decoder_weights = count_weights(module.decoder_net.weights)
-    info = {
+    return {
         "decoder_meaning": decoder_head.MEAN_MEANING,
         "encoder_outputs": encoder_outputs,
         "noise": noise,
@@ -91,7 +96,6 @@ def export_module(model):
         },
         "prior": model.prior_description(sampler_params),
     }
-    return module, info
 
 
 def signature_functions(module) -> dict:

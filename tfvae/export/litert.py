@@ -195,7 +195,30 @@ def convert(saved_model_dir, signature: str, precision: str = "float32",
             "builtin LiteRT ops only"
         ) from None
     check_builtin_ops(content, f"{tflite_name(signature, precision)}")
-    return content
+    return name_tensors(content)
+
+
+def name_tensors(content: bytes) -> bytes:
+    """Gives each signature input and output tensor its signature name.
+
+    The converter names them after TensorFlow's internal nodes
+    (``StatefulPartitionedCall_1:0``); after this, ``get_input_details()`` and
+    ``get_output_details()`` read ``z``, ``eps``, ``image``, ``mean``... as
+    the signature runner does. Only tensor names change: the graph, the
+    weights and the signature table stay as converted (the outputs are
+    checked against the SavedModel afterwards).
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(content), 0)
+    for signature in model.signatureDefs or []:
+        tensors = model.subgraphs[signature.subgraphIndex].tensors
+        for entry in list(signature.inputs or []) + list(signature.outputs or []):
+            tensors[entry.tensorIndex].name = entry.name
+    builder = flatbuffers.Builder(len(content) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
 
 
 def random_inputs(signature_inputs: dict, n: int, seed: int) -> dict[str, np.ndarray]:

@@ -266,8 +266,7 @@ class Autoencoder(LatentVariableModel):
 
         ``sd`` is the per-dimension std of the mixture's marginal; ``c`` is the
         multiplier that maximises the mean ``k``-sample bound on ``examples``
-        random rows of ``x``. Any ``s`` gives a valid estimate; a good one makes
-        it tight with fewer samples.
+        random rows of ``x`` (any ``s`` is valid; a good one is tight sooner).
 
         Args:
           x: training examples ``[n, D]`` (floats, as the model sees them).

@@ -92,6 +92,21 @@ class TrainingSteps:
         # Listing the trackers here lets fit/evaluate reset them every epoch.
         return list(self._trackers.values())
 
+    def get_metrics_result(self):
+        """The trackers' results, for the trackers that measured something since their reset.
+
+        Keras compares these names with the names a step returned to decide
+        whether to report these (cross-replica) results or the step's own
+        (summed over workers under a multi-worker strategy): test steps measure
+        fewer trackers than training steps, so only measured ones are listed.
+        """
+        results = {}
+        for name, tracker in self._trackers.items():
+            if tf.executing_eagerly() and float(tracker.count.numpy()) == 0.0:
+                continue
+            results[name] = tracker.result()
+        return results
+
     def _make_trackers(self, names):
         self._trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
