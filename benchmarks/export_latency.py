@@ -48,6 +48,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the tfvae command does
     import tensorflow as tf
 
     # One thread everywhere: LiteRT num_threads=1 and TensorFlow's pools.

@@ -12,7 +12,10 @@ training split (no validation carve-out), like the peers.
 Prints one JSON line per run: tfvae's figures and, with --peer-python, the
 matching PyTorch peer run side by side (same data, same machine).
 ``--models ae-gmm`` runs the autoencoder + 10-component mixture with the same
-budget, for its log-likelihood next to the VAEs'.
+budget, for its log-likelihood next to the VAEs'. ``--models conv`` runs the
+Gaussian VAE with the convolutional architecture of the shared conv peer
+(Conv 32/64 stride 2, ConvTranspose 64/32; ``--iwae-k 0`` skips the IWAE,
+which the conv peer does not compute).
 Targets (issues 2 and 3): Gaussian VAE within 1 nat of the PyTorch VAE peer
 (ELBO and IWAE k=1000); Bernoulli VAE `ema` within 2 nats of the PyTorch
 Bernoulli peer at z=20; the best estimator >= 10 nats above it at z=200.
@@ -33,15 +36,26 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
 
 
+#: Benchmark name -> (tfvae options, peer script or None, peer arguments, peer has IWAE).
+SETUPS = {
+    "gaussian": ({"model": "gaussian", "hidden": (400,)}, "peer_torch_vae.py", [], True),
+    "bernoulli": ({"model": "bernoulli", "hidden": (400,)}, "peer_torch_bvae.py", [], True),
+    "ae-gmm": ({"model": "ae-gmm", "hidden": (400,)}, None, [], False),
+    # The peer's conv VAE: Conv 32/64 stride 2 to the code, no dense hidden layer.
+    "conv": ({"model": "gaussian", "arch": "conv", "hidden": ()}, "peer_torch_convvae.py", [],
+             False),
+}
+
+
 def run_tfvae(args, model: str, latent: int, seed: int, estimator: str | None) -> dict:
     import tfvae
     from tfvae.evaluation import evaluate
     from tfvae.runs.data import load_data
 
     options = dict(
-        model=model, data_dir=args.data_dir, binarize="static", val_fraction=0.0,
-        epochs=args.epochs, latent_dim=latent, hidden=(400,), batch_size=128, lr=1e-3,
-        seed=seed, iwae_k=1,
+        data_dir=args.data_dir, binarize="static", val_fraction=0.0,
+        epochs=args.epochs, latent_dim=latent, batch_size=128, lr=1e-3,
+        seed=seed, iwae_k=1, **SETUPS[model][0],
     )
     if estimator:
         options["estimator"] = estimator
@@ -58,6 +72,7 @@ def run_tfvae(args, model: str, latent: int, seed: int, estimator: str | None) -
         result = {
             "program": "tfvae",
             "model": model,
+            "arch": run.config.arch,
             "estimator": estimator,
             "latent": latent,
             "seed": seed,
@@ -81,12 +96,12 @@ def run_tfvae(args, model: str, latent: int, seed: int, estimator: str | None) -
 
 
 def run_peer(args, model: str, latent: int, seed: int) -> dict:
-    script = "peer_torch_vae.py" if model == "gaussian" else "peer_torch_bvae.py"
+    _, script, extra, has_iwae = SETUPS[model]
     cmd = [args.peer_python, str(Path(args.bench_dir) / script), "--data-dir", args.data_dir,
-           "--epochs", str(args.epochs), "--seed", str(seed + 1)]
-    if model != "gaussian":
+           "--epochs", str(args.epochs), "--seed", str(seed + 1)] + extra
+    if model == "bernoulli":
         cmd += ["--latent", str(latent)]
-    if args.iwae_k:
+    if args.iwae_k and has_iwae:
         cmd += ["--iwae-k", str(args.iwae_k)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -95,10 +110,11 @@ def run_peer(args, model: str, latent: int, seed: int) -> dict:
 
 
 def main():
+    # As the tfvae command does (cli/main.py): oneDNN kernels on unless the user says.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--models", nargs="+", default=["gaussian"],
-                   choices=["gaussian", "bernoulli", "ae-gmm"])
+    p.add_argument("--models", nargs="+", default=["gaussian"], choices=list(SETUPS))
     p.add_argument("--estimators", nargs="+", default=["ema"])
     p.add_argument("--latent", nargs="+", type=int, default=[20])
     p.add_argument("--epochs", type=int, default=10)
@@ -114,7 +130,7 @@ def main():
     for model in args.models:
         for latent in args.latent:
             for seed in args.seeds:
-                if args.peer_python and model != "ae-gmm":  # no peer for the AE + GMM
+                if args.peer_python and SETUPS[model][1]:  # no peer for the AE + GMM
                     print(json.dumps(run_peer(args, model, latent, seed)), flush=True)
                 estimators = args.estimators if model == "bernoulli" else [None]
                 for estimator in estimators:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ from pathlib import Path
 opts = json.loads(sys.argv[1])
 import tfvae
 from tfvae.evaluation import evaluate
+from tfvae.training import choose_path
 from tfvae.runs.data import load_data
 iwae_k = opts.pop("iwae_k_bench")
 def peak():
@@ -51,7 +53,8 @@ with tempfile.TemporaryDirectory() as tmp:
     later = sorted(secs[1:]) or secs
     median = later[len(later) // 2]
     n_train = run.status["data"]["train"]
-    out = {"program": "tfvae", "model": opts["model"], "epochs": opts["epochs"],
+    out = {"program": "tfvae", "model": opts["model"], "arch": opts.get("arch", "mlp"),
+           "path": choose_path(run.config), "epochs": opts["epochs"],
            "sec_per_epoch_median": median, "first_epoch_sec": secs[0],
            "train_images_per_sec": n_train / median,
            "process_cpu_sec": time.process_time() - c0,
@@ -80,17 +83,30 @@ def _last_json(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
+#: Benchmark name -> tfvae options and the peer (script, extra arguments) it runs beside.
+SETUPS = {
+    "gaussian": ({"model": "gaussian", "hidden": [400]}, "peer_torch_vae.py", []),
+    "bernoulli": ({"model": "bernoulli", "hidden": [400], "estimator": "ema"},
+                  "peer_torch_bvae.py", ["--latent", "20"]),
+    "ae-gmm": ({"model": "ae-gmm", "hidden": [400]}, None, []),
+    # The peer's conv VAE: Conv 32/64 stride 2 to the code, no dense hidden layer.
+    "conv": ({"model": "gaussian", "arch": "conv", "hidden": []}, "peer_torch_convvae.py", []),
+}
+
+
 def run_tfvae(args, model: str) -> dict:
-    opts = dict(model=model, data_dir=args.data_dir, binarize="static", val_fraction=0.0,
-                epochs=args.epochs, latent_dim=20, hidden=[400], batch_size=128, lr=1e-3,
-                seed=0, iwae_k=1, iwae_k_bench=args.iwae_k if model == "gaussian" else 0)
-    if model == "bernoulli":
-        opts["estimator"] = "ema"
+    options, _, _ = SETUPS[model]
+    opts = dict(data_dir=args.data_dir, binarize="static", val_fraction=0.0,
+                epochs=args.epochs, latent_dim=20, batch_size=128, lr=1e-3,
+                seed=0, iwae_k=1, iwae_k_bench=args.iwae_k if model == "gaussian" else 0,
+                **options)
     done = subprocess.run([sys.executable, "-c", TFVAE_CHILD, json.dumps(opts)],
                           capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(done.stderr[-3000:])
-    return _last_json(done.stdout)[-1]
+    result = _last_json(done.stdout)[-1]
+    result["model"] = model
+    return result
 
 
 def run_peer(args, script: str, extra: list[str]) -> dict:
@@ -111,19 +127,22 @@ def _median(values):
 
 
 def main():
+    # As the tfvae command does (cli/main.py): oneDNN kernels on unless the user says.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--iwae-k", type=int, default=0)
     p.add_argument("--rounds", type=int, default=1,
                    help="alternate peer and tfvae runs this many times; ratios use medians")
-    p.add_argument("--models", nargs="+", default=["gaussian", "bernoulli", "ae-gmm"])
+    p.add_argument("--models", nargs="+", default=["gaussian", "bernoulli", "ae-gmm"],
+                   choices=list(SETUPS), help="conv: the peer's conv VAE (--arch conv)")
     p.add_argument("--peer-python", default=None)
     p.add_argument("--bench-dir", default=str(DEFAULT_BENCH))
     args = p.parse_args()
-    peers = {"gaussian": ("peer_torch_vae.py", ["--iwae-k", str(args.iwae_k)] if args.iwae_k
-                          else []),
-             "bernoulli": ("peer_torch_bvae.py", ["--latent", "20"])}
+    peers = {name: (script, extra + (["--iwae-k", str(args.iwae_k)]
+                                     if args.iwae_k and name == "gaussian" else []))
+             for name, (_, script, extra) in SETUPS.items() if script}
     for model in args.models:
         has_peer = bool(args.peer_python) and model in peers
         mine, theirs = [], []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -29,9 +30,10 @@ import tfvae
 from tfvae import data
 keras = tfvae.keras
 ds = data.load_dataset(data_dir=opts["data_dir"])
-x = data.binarize_static(ds.x_train, 0, ds.scaled).astype(np.float32)
+x = data.binarize_static(ds.x_train, 0, ds.scaled).astype(np.float32)[:opts["limit"]]
 del ds
-model = tfvae.GaussianVAE(input_dim=784, latent_dim=20, hidden=(400,), arch=opts["arch"])
+hidden = (400,) if opts["arch"] == "mlp" else ()  # conv: the peer's conv VAE
+model = tfvae.GaussianVAE(input_dim=784, latent_dim=20, hidden=hidden, arch=opts["arch"])
 kwargs = {k: opts[k] for k in ("steps_per_execution", "jit_compile") if opts[k] is not None}
 model.compile(optimizer=keras.optimizers.Adam(1e-3), **kwargs)
 times = []
@@ -69,11 +71,15 @@ SETTINGS = {
 
 
 def main():
+    # As the tfvae command does (cli/main.py): oneDNN kernels on unless the user says.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--arch", default="mlp", choices=["mlp", "conv"])
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--limit", type=int, default=None,
+                   help="train on the first N images only (slow settings)")
     p.add_argument("--rounds", type=int, default=1,
                    help="run the settings in turn this many times; the summary gives medians")
     args = p.parse_args()
@@ -83,7 +89,7 @@ def main():
             spe, jit, fused = SETTINGS[name]
             opts = {"setting": name, "data_dir": args.data_dir, "epochs": args.epochs,
                     "arch": args.arch, "steps_per_execution": spe, "jit_compile": jit,
-                    "blocks": fused}
+                    "blocks": fused, "limit": args.limit}
             done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(opts)],
                                   capture_output=True, text=True)
             if done.returncode:

@@ -189,14 +189,15 @@ class EvaluationProgress:
 
     def __init__(self, after: float = 2.0, every: float = 10.0):
         self.after, self.every = after, every
-        self.t0 = time.perf_counter()
-        self.phase_t0 = self.t0
+        self.t0 = self.phase_t0 = None
         self.phase = None
         self.last = 0.0
         self.live = click.get_text_stream("stderr").isatty()
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         now = time.perf_counter()
+        if self.t0 is None:  # the evaluation's first batch is done
+            self.t0 = now
         if phase != self.phase:
             self.phase, self.phase_t0 = phase, now
         if now - self.t0 < self.after or (not self.live and now - self.last < self.every

@@ -115,14 +115,76 @@ def test_multiworker_two_processes(tiny_npy, tmp_path):
     for proc in procs:
         _wait(proc)
     chief, other = (np.load(tmp_path / f"weights-{i}.npz") for i in range(2))
-    assert sorted(chief.files) == sorted(other.files) and chief.files
-    for name in chief.files:
+    assert (str(chief["role"]), str(other["role"])) == ("chief", "worker 1")
+    weights = [name for name in chief.files if name != "role"]
+    assert sorted(weights) == sorted(n for n in other.files if n != "role") and weights
+    for name in weights:
         np.testing.assert_array_equal(chief[name], other[name])
     # The chief wrote the run; the other worker's checkpoint copies are gone.
     assert (out / runs.EVALUATION).is_file()
     assert (out / runs.CHECKPOINTS / runs.BEST).is_file()
     assert json.loads((out / runs.STATUS).read_text())["status"] == "completed"
     assert not list((tmp_path / "tmp-1").glob("tfvae-worker-*"))
+    # Validation is the mean over all validation rows, not a sum over workers:
+    # the same as evaluating the final weights in one process.
+    from tfvae.runs.data import load_data
+    from tfvae.runs.store import load_config, load_model
+
+    model, _ = load_model(out, "last", extras=False)
+    config = load_config(out)
+    _, splits = load_data(config)
+    model.compile(optimizer="adam")
+    alone = model.evaluate(splits.val, batch_size=64, verbose=0, return_dict=True)
+    history = json.loads((out / runs.METRICS_JSON).read_text())
+    assert history[-1]["val_loss"] == pytest.approx(alone["loss"], rel=1e-4)
+    assert history[-1]["val_reconstruction"] == pytest.approx(alone["reconstruction"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_mirrored_on_one_device_trains_with_keras_loop(tiny_npy, tmp_path):
+    """One replica is still a strategy: no fused blocks under it, for tfvae.train or fit."""
+    result = tmp_path / "result.json"
+    _wait(_run(["onedevice", tiny_npy, tmp_path / "run", result]))
+    seen = json.loads(result.read_text())
+    assert seen["replicas"] == 1 and seen["run_status"] == "completed"
+    assert np.isfinite(seen["user_fit_loss"])
+
+
+def test_fused_blocks_refuse_a_strategy_with_a_clear_message(make_model):
+    import tfvae
+    from tfvae._keras import tf
+
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
+        model = make_model("gaussian", latent_dim=2, hidden=(8,))
+        model.compile(optimizer="adam", steps_per_execution=1)
+    blocks = tfvae.data.blocks(np.zeros((64, 784), np.float32), batch_size=32)
+    with pytest.raises(Exception, match="fused training blocks run outside tf.distribute"):
+        model.fit(blocks.dataset, steps_per_epoch=1, verbose=0)
+
+
+@pytest.mark.slow
+def test_multiworker_from_the_command_line_every_worker_says_what_it_did(tiny_npy, tmp_path):
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    out = tmp_path / "run"
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": json.dumps(tf_config)}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "tfvae_cli.main", "train", "--strategy", "multiworker",
+             "--data-dir", str(tiny_npy), "--epochs", "1", "--hidden", "16", "--latent-dim",
+             "2", "--iwae-k", "2", "--batch-size", "64", "--out", str(out)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, stderr[-3000:]
+        assert "Traceback" not in stderr
+        outputs.append(stdout.strip().splitlines())
+    chief, other = (lines[-1] for lines in outputs)  # after the per-epoch progress lines
+    assert chief.startswith("done: test elbo") and str(out) in chief, outputs
+    assert other.startswith("worker 1: took part in training") and str(out) in other, outputs
 
 
 def test_cli_train_has_strategy_option():

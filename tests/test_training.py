@@ -63,3 +63,27 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
         tfvae.train(out=tmp_path / "nan", data_dir=str(path), likelihood="gaussian",
                     epochs=2, hidden=(8,), latent_dim=2, batch_size=32, verbose=0)
     assert "non-finite" in str(info.value) and "epoch 1" in str(info.value)
+
+
+def test_the_training_path_is_the_measured_fastest():
+    from tfvae.config import Config
+    from tfvae.training import FASTEST_PATH, choose_path
+
+    # XLA's fused blocks lost ~30x to Keras' loop on convolutions (benchmarks/user_fit.py).
+    assert choose_path(Config(arch="conv")) == "keras" == FASTEST_PATH["conv"]
+    assert choose_path(Config()) == "fused"
+    # No fused blocks under any strategy, even with one device.
+    assert choose_path(Config(strategy="mirrored")) == "keras"
+
+
+def test_a_conv_run_trains_in_keras_loop_batch_by_batch(tmp_path):
+    seen = {}
+
+    class Probe(tfvae.keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen.update(steps=self.params["steps"], jit=self.model.jit_compile)
+
+    run = tfvae.train(out=tmp_path / "conv", dataset="digits", arch="conv", hidden=(),
+                      latent_dim=2, epochs=1, batch_size=64, iwae_k=2, verbose=0,
+                      figures=False, callbacks=[Probe()])
+    assert seen == {"steps": -(-run.status["data"]["train"] // 64), "jit": False}
