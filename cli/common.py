@@ -143,7 +143,7 @@ def _option_for(f: dataclasses.Field, default_override=...):
         kwargs["type"] = click.Choice(list(meta["choices"]))
     elif meta["kind"] == "path":
         kwargs["type"] = click.Path()
-    elif meta["kind"] in ("sizes", "str"):
+    elif meta["kind"] in ("sizes", "str", "shape"):
         kwargs["type"] = str
         if isinstance(default, tuple):
             default = ",".join(str(v) for v in default)
@@ -206,8 +206,7 @@ class EvaluationProgress:
         self.last = now
         rate = done / max(now - self.phase_t0, 1e-9)
         left = (total - done) / rate if rate > 0 else float("inf")
-        name = "log-likelihood (IWAE)" if phase == "iwae" else "ELBO"
-        text = f"{name}: {done:,}/{total:,} examples, about {_duration(left)} left"
+        text = f"{phase}: {done:,}/{total:,} examples, about {_duration(left)} left"
         if self.live:
             click.echo(f"\r{text}   ", err=True, nl=done >= total)
         else:

@@ -52,8 +52,7 @@ def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
 
     model, config = load_model(run_dir, checkpoint)
     _, splits = load_data(config)
-    x = splits.test if splits.test is not None and len(splits.test) else splits.val
-    x = x[:n_examples]
+    x = splits.test_rows(n_examples)
     results = gradient_variance(model, x, num_draws=draws, seed=seed)
     baseline = float(model.baseline_mean.numpy())
     if as_json:

@@ -54,12 +54,17 @@ def evaluate(run_dir, k, dataset, data_dir, tfds_data_dir, checkpoint, seed, as_
             f"the data have images of shape {config.image_shape} but the run was trained on "
             f"{trained.image_shape}; evaluate on data of the same kind"
         )
-    results = evaluate_model(model, splits.test, k=k, seed=seed, progress=EvaluationProgress())
+    results = evaluate_model(model, splits.test, k=k, seed=seed, progress=EvaluationProgress(),
+                             dequantized_levels=splits.dequantized_levels)
     if as_json:
         click.echo(json.dumps(results))
         return
     for name in ("elbo", "reconstruction", "kl", "log_likelihood"):
         click.echo(f"{name:>15}: {results[name]:.3f}")
+    if "bits_per_dim" in results:
+        click.echo(f"{'bits_per_dim':>15}: {results['bits_per_dim']:.4f} (elbo), "
+                   f"{results['bits_per_dim_iwae']:.4f} (k={k}); bits of "
+                   f"{results['bits_per_dim_of']}")
     click.echo(f"{'k':>15}: {results['k']}")
     click.echo(f"{'active_units':>15}: {results['active_units']} of {len(results['kl_per_dim'])}")
     click.echo(f"{'examples':>15}: {results['n']}")

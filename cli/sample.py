@@ -24,11 +24,15 @@ PRECISIONS = ("float32", "float16", "int8")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="LiteRT file to run (tflite backend) [default: the most precise one the "
               "export holds].")
+@click.option("--pixels", is_flag=True,
+              help="Draw the pixels from p(x|z) instead of its mean (a run's Keras model): "
+              "bits for a Bernoulli likelihood, 8-bit values for the logistic (saved as uint8 "
+              "in .npy).")
 @click.option("--no-verify", is_flag=True,
               help="Run an export's files without checking them against the manifest's sha256.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @handle_errors
-def sample(run_dir, n, out, seed, backend, precision, no_verify, overwrite):
+def sample(run_dir, n, out, seed, backend, precision, pixels, no_verify, overwrite):
     """Draw samples from a trained model's prior and decode them.
 
     RUN_DIR is a run directory or an export directory (from `tfvae export`).
@@ -43,6 +47,7 @@ def sample(run_dir, n, out, seed, backend, precision, no_verify, overwrite):
       tfvae sample runs/z2 --n 1000 --out samples.npy --seed 3
       tfvae sample exported/gaussian --n 64 --out lite.png --precision int8
       tfvae sample runs/z2 --n 64 --out sm.npy --backend savedmodel
+      tfvae sample runs/colour --n 16 --out pixels.npy --pixels   # 8-bit draws
     """
     suffix = os.path.splitext(out)[1].lower()
     if suffix not in (".png", ".npy"):
@@ -53,11 +58,18 @@ def sample(run_dir, n, out, seed, backend, precision, no_verify, overwrite):
         raise click.ClickException(f"{out} exists; pass --overwrite to replace it")
     from tfvae.export.manifest import is_export_dir
 
+    if pixels and backend not in (None, "keras"):
+        raise click.ClickException("--pixels draws from the run's Keras model: leave out "
+                                   f"--backend {backend} (exports compute the mean image)")
     if is_export_dir(run_dir):
+        if pixels:
+            raise click.ClickException(f"{run_dir} is an export: --pixels needs the run "
+                                       "directory (exports compute the mean image)")
         images, image_shape = _from_export(run_dir, n, seed, backend, precision, not no_verify)
+        levels = None
     else:
-        images, image_shape = _from_run(run_dir, n, seed, backend, precision)
-    _write(out, suffix, images, image_shape)
+        images, image_shape, levels = _from_run(run_dir, n, seed, backend, precision, pixels)
+    _write(out, suffix, images, image_shape, levels)
     click.echo(f"wrote {n} samples to {out}")
 
 
@@ -74,7 +86,7 @@ def _from_export(path, n, seed, backend, precision, verify):
     return images, tuple(exported.manifest["image_shape"])
 
 
-def _from_run(run_dir, n, seed, backend, precision):
+def _from_run(run_dir, n, seed, backend, precision, pixels):
     import tempfile
 
     from tfvae.runs.layout import check_run_dir
@@ -83,8 +95,9 @@ def _from_run(run_dir, n, seed, backend, precision):
     from tfvae.runs.store import load_model
 
     model, _ = load_model(run_dir, "best")
+    levels = model.likelihood_levels if pixels else None
     if backend in (None, "keras"):
-        return model.sample(n, seed=seed), model.image_shape
+        return model.sample(n, seed=seed, pixels=pixels), model.image_shape, levels
     from tfvae.export import ExportDir, export
 
     with tempfile.TemporaryDirectory(prefix="tfvae-sample-") as tmp:
@@ -92,14 +105,19 @@ def _from_run(run_dir, n, seed, backend, precision):
         export(model, folder, formats="savedmodel" if backend == "savedmodel" else "tflite",
                precisions=precision or "float32")
         images = ExportDir(folder).sample(n, seed, backend, precision)
-    return images, model.image_shape
+    return images, model.image_shape, levels
 
 
-def _write(out, suffix, images, image_shape):
+def _write(out, suffix, images, image_shape, levels=None):
     import numpy as np
 
     if suffix == ".npy":
-        np.save(out, np.asarray(images, np.float32), allow_pickle=False)
+        if levels and levels > 2:  # pixel draws on the grid: the integers themselves
+            images = np.rint(np.asarray(images) * (levels - 1)).astype(np.uint8 if levels <= 256
+                                                                      else np.int32)
+        else:
+            images = np.asarray(images, np.float32)
+        np.save(out, images, allow_pickle=False)
     else:
         from tfvae.figures import save_grid
 

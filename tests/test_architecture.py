@@ -25,8 +25,8 @@ LAYERS = [
     {"tfvae", "tfvae._keras", "tfvae.errors", "tfvae.options", "tfvae.files", "tfvae.noise",
      "tfvae.packing", "tfvae.utils", "tfvae.config"},
     # data, networks, objectives, estimators, distribution, the mixture sampler
-    {"tfvae.data", "tfvae.networks", "tfvae.objectives", "tfvae.distribute",
-     "tfvae.estimators", "tfvae.gmm"},
+    {"tfvae.data", "tfvae.networks", "tfvae.heads", "tfvae.distributions", "tfvae.objectives",
+     "tfvae.distribute", "tfvae.estimators", "tfvae.gmm"},
     {"tfvae.models"},
     {"tfvae.evaluation", "tfvae.diagnostics", "tfvae.figures"},
     {"tfvae.runs"},
@@ -174,13 +174,14 @@ def test_names_exist_once_options_config_cli_and_registries_agree():
     from tfvae.distribute import STRATEGIES
     from tfvae.estimators import ESTIMATORS
     from tfvae.gmm import COVARIANCE_TYPES
-    from tfvae.networks import OBSERVATIONS
+    from tfvae.heads import GAUSSIAN_SCALES, OBSERVATIONS
     from tfvae.runs.families import FAMILIES
 
     assert tuple(ESTIMATORS) == tuple(options.ESTIMATORS)
     assert tuple(STRATEGIES) == tuple(options.STRATEGIES)
     assert tuple(FAMILIES) == tuple(options.MODELS)
     assert tuple(OBSERVATIONS) == tuple(options.LIKELIHOODS)
+    assert tuple(GAUSSIAN_SCALES) == tuple(options.OBS_SCALES)
     assert tuple(COVARIANCE_TYPES) == tuple(options.COVARIANCES)
     params = {p.name: p for p in cli.commands["train"].params}
     for field in dataclasses.fields(Config):
@@ -194,7 +195,7 @@ def test_names_exist_once_options_config_cli_and_registries_agree():
         default = field.default
         if isinstance(default, tuple):
             default = ",".join(map(str, default))
-        elif field.metadata["kind"] == "str" and default is not None:
+        elif field.metadata["kind"] in ("str", "shape") and default is not None:
             default = str(default)
         assert param.default == default, field.name
     # What the CLI passes, Config takes: the defaults make the default Config.

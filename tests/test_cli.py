@@ -189,7 +189,7 @@ def test_evaluation_progress_is_shown_for_long_evaluations(capsys):
 
     progress = EvaluationProgress(after=0.0, every=0.0)
     for done in (100, 200, 300):
-        progress("iwae", done, 300)
+        progress("evaluate", done, 300)
     err = capsys.readouterr().err
-    assert "log-likelihood (IWAE): 300/300 examples" in err and "left" in err
+    assert "evaluate: 300/300 examples" in err and "left" in err
 

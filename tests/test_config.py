@@ -20,7 +20,7 @@ def test_round_trip_through_json():
 def test_image_shape_is_height_width_channels():
     assert Config(image_shape=(28, 28)).image_shape == (28, 28, 1)
     assert Config(image_shape=[32, 32, 3]).image_shape == (32, 32, 3)
-    with pytest.raises(ConfigError, match="image_shape"):
+    with pytest.raises(ConfigError, match="--image-shape must be positive"):
         Config(image_shape=(0, 4))
 
 

@@ -397,7 +397,7 @@ def test_a_manifest_that_disagrees_with_its_files_is_refused(exports, tmp_path):
     signatures = json.loads(json.dumps(manifest["signatures"]))
     for entry in (signatures["decode"]["outputs"]["image"],
                   signatures["sample"]["outputs"]["image"], signatures["encode"]["inputs"]["x"]):
-        entry["shape"] = [-1, 400]
+        entry["shape"], entry["image_shape"] = [-1, 400], [20, 20, 1]
     edited = dict(manifest, image_shape=[20, 20, 1], input_dim=400, signatures=signatures)
     (copy / "manifest.json").write_text(json.dumps(edited))
     for backend in ("savedmodel", "tflite"):

@@ -114,7 +114,7 @@ def test_sample_is_seeded_and_in_range(model):
 
 def test_gaussian_likelihood_with_scale_floor(make_model):
     model = make_model("gaussian", input_dim=64, image_shape=(8, 8), latent_dim=2,
-                       hidden=(16,), likelihood="gaussian", min_scale=0.05)
+                       hidden=(16,), likelihood="gaussian", obs_scale="pixel", min_scale=0.05)
     head = model.decoder.layers[-1]
     head.raw_scale.assign(tf.fill([64], -50.0))  # softplus -> 0: only the floor is left
     p = model.decode(tf.zeros([1, 2]))

@@ -30,6 +30,9 @@ MODEL_FIELDS = (
     "likelihood",
     "arch",
     "min_scale",
+    "obs_scale",
+    "obs_components",
+    "levels",
 )
 
 #: Fields a resumed run may change (``tfvae train --resume DIR --epochs N``).
@@ -96,6 +99,20 @@ def parse_sizes(value: Any, name: str = "hidden", allow_empty: bool = True) -> t
     return tuple(parts)
 
 
+def parse_shape(value, name: str) -> tuple[int, ...]:
+    """Sizes given as ``"32,32,3"``, ``[32, 32]`` or a tuple, as positive ints."""
+    flag = f"--{name.replace('_', '-')}"
+    try:
+        parts = [int(p) for p in value.split(",")] if isinstance(value, str) else \
+            [int(p) for p in value]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} must be comma-separated positive integers such as 32,32,3; "
+                          f"got {value!r}") from None
+    if not parts or min(parts) <= 0:
+        raise ConfigError(f"{flag} must be positive integers, got {value!r}")
+    return tuple(parts)
+
+
 def image_shape_3d(shape) -> tuple[int, int, int]:
     """``(H, W, C)`` from ``(H, W)`` or ``(H, W, C)``; ConfigError otherwise."""
     try:
@@ -156,7 +173,12 @@ class Config:
     seed: int = _option(0, "Seed of initialisation, data order and training noise.")
     val_fraction: float = _option(
         0.05, "Share of the training split held out to pick the best checkpoint.")
-    min_scale: float = _option(1e-3, "Floor of the Gaussian likelihood's per-pixel scale.")
+    min_scale: float = _option(
+        1e-3, "Floor of the Gaussian likelihood's scale (and of the logistic's, in [0, 1] units).")
+    obs_scale: str = _option("decoder", "Scale of a Gaussian likelihood.",
+                             choices=options.OBS_SCALES)
+    obs_components: int = _option(
+        1, "Logistic components per pixel and channel (logistic likelihood).")
     iwae_k: int = _option(100, "Importance samples for the test log-likelihood after training.")
     deterministic: bool = _option(
         False, "Turn on TensorFlow op determinism: same seed, same figures exactly "
@@ -178,17 +200,26 @@ class Config:
         10, "Mixture components, or 'auto' to choose by BIC (ae-gmm model).", kind="str")
     covariance: str = _option("full", "Mixture covariance type (ae-gmm model).",
                               choices=options.COVARIANCES)
+    image_size: tuple[int, ...] | None = _option(
+        None, "Height,width to resize (centre-crop) the images of a --data-dir folder to "
+        "[default: the first image's size].", kind="shape")
+    image_shape: tuple[int, ...] | None = _option(
+        None, "Height,width,channels of flat (N, D) rows [default: from the data].", kind="shape")
     # Filled in from the data when the run starts.
     input_dim: int | None = _option(None, "Values per example (from the data).", cli=False)
-    image_shape: tuple[int, ...] | None = _option(
-        None, "(height, width, channels) of an example (from the data).", cli=False)
+    levels: int | None = _option(
+        None, "Values per pixel and channel of discrete data (from the data).", cli=False)
 
     def __post_init__(self):
         self.hidden = parse_sizes(self.hidden, "hidden")
         if self.decoder_hidden is not None:
             self.decoder_hidden = parse_sizes(self.decoder_hidden, "decoder_hidden")
         if self.image_shape is not None:
-            self.image_shape = image_shape_3d(self.image_shape)
+            self.image_shape = image_shape_3d(parse_shape(self.image_shape, "image_shape"))
+        if self.image_size is not None:
+            self.image_size = parse_shape(self.image_size, "image_size")
+            if len(self.image_size) != 2:
+                raise ConfigError(f"--image-size must be height,width, got {self.image_size}")
         self.validate()
 
     def validate(self) -> None:
@@ -202,7 +233,8 @@ class Config:
                 )
         if self.dataset is not None and self.data_dir is not None:
             raise ConfigError("give either --dataset or --data-dir, not both")
-        for name in ("epochs", "latent_dim", "batch_size", "iwae_k", "num_samples"):
+        for name in ("epochs", "latent_dim", "batch_size", "iwae_k", "num_samples",
+                     "obs_components"):
             _positive_int(name, getattr(self, name))
         if isinstance(self.kl_warmup, bool) or not isinstance(self.kl_warmup, int) \
                 or self.kl_warmup < 0:
@@ -233,7 +265,9 @@ class Config:
         """Keyword arguments every model constructor takes (data fields must be set)."""
         if self.input_dim is None or self.image_shape is None:
             raise ConfigError("input_dim and image_shape are filled in from the data first")
-        return {name: getattr(self, name) for name in MODEL_FIELDS}
+        kwargs = {name: getattr(self, name) for name in MODEL_FIELDS}
+        kwargs["levels"] = kwargs["levels"] or 256
+        return kwargs
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

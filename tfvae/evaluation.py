@@ -10,7 +10,14 @@ model, whatever objective trained it, so models can be compared:
 * ``kl``: mean of ``KL(q(z|x) || p(z))``;
 * ``log_likelihood``: the importance-weighted bound with ``k`` samples
   (Burda et al. 2016), an estimate of ``log p(x)`` that tightens with k;
-* ``active_units`` and ``kl_per_dim``.
+* ``active_units`` and ``kl_per_dim``;
+* for discrete data, ``bits_per_dim`` and ``bits_per_dim_iwae``: the ELBO and
+  the IWAE estimate as bits per value. A discrete observation model
+  (Bernoulli, discretized logistic) gives probabilities of the data, so
+  ``bpd = -log P / (D ln 2)``; a density over data dequantized as
+  ``(k + u) / L`` (``dequantized_levels=L``) gives ``log p`` on ``[0, 1]^D``,
+  and the probability of the discrete data is at least ``p / L^D``, so
+  ``bpd = (D ln L - log p) / (D ln 2)`` (Theis et al. 2016).
 
 IWAE work is chunked so that one chunk holds about ``max_elements`` decoder
 outputs, which keeps memory bounded for k up to 5000 and beyond.
@@ -18,6 +25,7 @@ outputs, which keeps memory bounded for k up to 5000 and beyond.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -29,10 +37,16 @@ DEFAULT_K = 1000
 MAX_K = 100_000
 
 
-def _as_matrix(x, input_dim: int) -> np.ndarray:
-    if hasattr(x, "test"):  # a tfvae.data.Splits
-        x = x.test
-    x = np.asarray(x)
+def _source(data, input_dim: int):
+    """``(batches(size) -> iterator of arrays, n)`` for an array, Splits or a file split."""
+    if hasattr(data, "test"):  # a tfvae.data.Splits or StreamSplits: its test split
+        data = data.test
+    if hasattr(data, "batches"):  # a tfvae.data.streams.FileSplit, read file by file
+        if data.dim != input_dim:
+            raise ConfigError(f"data have {data.dim} values per example but the model expects "
+                              f"{input_dim}; evaluate on data of the kind it was trained on")
+        return data.batches, len(data)
+    x = np.asarray(data)
     if x.ndim != 2:
         x = x.reshape(len(x), -1)
     if x.shape[1] != input_dim:
@@ -40,9 +54,12 @@ def _as_matrix(x, input_dim: int) -> np.ndarray:
             f"data have {x.shape[1]} values per example but the model expects {input_dim}; "
             "evaluate on data of the kind the model was trained on"
         )
-    if len(x) == 0:
-        raise ConfigError("no examples to evaluate")
-    return x  # cast to float32 a batch at a time (uint8 bits stay compact)
+
+    def batches(size):  # cast to float32 a batch at a time (uint8 bits stay compact)
+        for start in range(0, len(x), size):
+            yield x[start:start + size].astype(np.float32, copy=False)
+
+    return batches, len(x)
 
 
 def check_k(k) -> int:
@@ -53,44 +70,42 @@ def check_k(k) -> int:
     return int(k)
 
 
-def _elbo_pass(model, x, batch_size, seed, progress):
-    """Per-example reconstruction and KL, posterior means and KL per dimension."""
-    from tfvae._keras import tf
-
-    spec = tf.TensorSpec([None, model.input_dim], tf.float32)
-
-    @tf.function(input_signature=[spec, tf.TensorSpec([2], tf.int32)], reduce_retracing=True)
-    def batch(xb, s):
-        terms = model.elbo_terms(xb, seed=s)
-        return terms["reconstruction"], terms["kl"], model.posterior_mean(xb), \
-            model.kl_per_dim(xb)
-
-    parts = []
-    for i, start in enumerate(range(0, len(x), batch_size)):
-        xb = x[start:start + batch_size].astype(np.float32, copy=False)
-        parts.append([t.numpy() for t in batch(xb, stateless_seed(seed, 2 * i))])
-        progress("elbo", min(start + batch_size, len(x)), len(x))
-    return [np.concatenate(column) for column in zip(*parts, strict=True)]
-
-
-def _iwae_pass(model, x, k, seed, max_elements, progress):
-    """Per-example k-sample bounds, in chunks of about ``max_elements`` outputs."""
+def _functions(model, k: int):
+    """The compiled per-batch ELBO terms and per-chunk k-sample bound."""
     from tfvae import objectives
     from tfvae._keras import tf
 
     spec = tf.TensorSpec([None, model.input_dim], tf.float32)
+    seed = tf.TensorSpec([2], tf.int32)
 
-    @tf.function(input_signature=[spec, tf.TensorSpec([2], tf.int32)], reduce_retracing=True)
-    def chunk_bound(xb, s):
+    @tf.function(input_signature=[spec, seed], reduce_retracing=True)
+    def elbo(xb, s):
+        terms = model.elbo_terms(xb, seed=s)
+        return terms["reconstruction"], terms["kl"], model.posterior_mean(xb), \
+            model.kl_per_dim(xb)
+
+    @tf.function(input_signature=[spec, seed], reduce_retracing=True)
+    def bound(xb, s):
         return objectives.iwae_bound(model.log_weights(xb, k, seed=s))
 
-    chunk = max(1, min(len(x), max_elements // (k * model.input_dim)))
-    bounds = []
-    for i, start in enumerate(range(0, len(x), chunk)):
-        xb = x[start:start + chunk].astype(np.float32, copy=False)
-        bounds.append(chunk_bound(xb, stateless_seed(seed, 2 * i + 1)).numpy())
-        progress("iwae", min(start + chunk, len(x)), len(x))
-    return np.concatenate(bounds)
+    return elbo, bound
+
+
+def _passes(model, batches, n, k, batch_size, seed, max_elements, progress):
+    """Per-example ELBO terms and k-sample bounds, batch by batch, IWAE in chunks."""
+    elbo, bound = _functions(model, k)
+    chunk = max(1, min(n, max_elements // (k * model.input_dim)))
+    parts, bounds, done, chunks = [], [], 0, 0
+    for i, xb in enumerate(batches(batch_size)):
+        parts.append([t.numpy() for t in elbo(xb, stateless_seed(seed, 2 * i))])
+        for start in range(0, len(xb), chunk):
+            bounds.append(bound(xb[start:start + chunk], stateless_seed(seed, 2 * chunks + 1))
+                          .numpy())
+            chunks += 1
+        done += len(xb)
+        progress("evaluate", done, n)
+    return [np.concatenate(column) for column in zip(*parts, strict=True)], \
+        np.concatenate(bounds)
 
 
 def evaluate(
@@ -101,6 +116,7 @@ def evaluate(
     seed: int = 0,
     max_elements: int = 1 << 21,
     progress: Callable[[str, int, int], None] | None = None,
+    dequantized_levels: int | None = None,
 ) -> dict:
     """Evaluates a trained model on data.
 
@@ -108,31 +124,39 @@ def evaluate(
       model: a tfvae model (``GaussianVAE``, ``BernoulliVAE``, ``Autoencoder``
         with its mixture) or anything with the same hooks.
       data: ``[n, D]`` array of processed examples (binary for a Bernoulli
-        likelihood; any numeric dtype, cast to float32 a batch at a time), or a
-        :class:`tfvae.data.Splits` (its test split).
+        likelihood; any numeric dtype, cast to float32 a batch at a time), a
+        :class:`tfvae.data.Splits` (its test split), or a split of image files
+        (:class:`tfvae.data.streams.FileSplit`, read batch by batch).
       k: importance samples for the log-likelihood estimate (>= 1).
       batch_size: examples per ELBO batch.
       seed: seed of the evaluation's random draws (same seed, same figures).
       max_elements: bound on ``examples x k x D`` per IWAE chunk.
-      progress: called as ``progress(phase, done, total)`` after each batch,
-        with phase ``"elbo"`` then ``"iwae"`` and ``done`` examples of ``total``.
+      progress: called as ``progress("evaluate", done, total)`` after each
+        batch, ``done`` examples of ``total``.
+      dequantized_levels: for a continuous density, the ``L`` of data
+        dequantized as ``(k + u) / L``: bits per dimension of the discrete data
+        are then reported too.
 
     Returns:
       A dict with ``elbo``, ``reconstruction``, ``kl``, ``log_likelihood``,
-      ``k``, ``active_units``, ``kl_per_dim`` (list), ``n``; nats per example.
+      ``k``, ``active_units``, ``kl_per_dim`` (list), ``n``; nats per example;
+      with discrete (or dequantized) data also ``bits_per_dim``,
+      ``bits_per_dim_iwae`` and ``bits_per_dim_of`` (what the bits are of).
     """
     k = check_k(k)
     if isinstance(batch_size, bool) or int(batch_size) <= 0:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     model.check_ready()  # eagerly: a clear error rather than one from inside a trace
-    x = _as_matrix(data, model.input_dim)
+    batches, n = _source(data, model.input_dim)
+    if n == 0:
+        raise ConfigError("no examples to evaluate")
     progress = progress or (lambda phase, done, total: None)
-    rec, kl, means, kl_dims = _elbo_pass(model, x, int(batch_size), seed, progress)
-    bounds = _iwae_pass(model, x, k, seed, max_elements, progress)
+    (rec, kl, means, kl_dims), bounds = _passes(model, batches, n, k, int(batch_size), seed,
+                                                max_elements, progress)
     from tfvae import objectives
 
     count, _ = objectives.active_units(means)
-    return {
+    results = {
         "elbo": float(-(rec + kl).mean()),
         "reconstruction": float(rec.mean()),
         "kl": float(kl.mean()),
@@ -140,5 +164,27 @@ def evaluate(
         "k": k,
         "active_units": count,
         "kl_per_dim": [float(v) for v in kl_dims.mean(axis=0)],
-        "n": int(len(x)),
+        "n": int(n),
+    }
+    results.update(bits_per_dim(model, results, dequantized_levels))
+    return results
+
+
+def bits_per_dim(model, results: dict, dequantized_levels: int | None = None) -> dict:
+    """``bits_per_dim`` (ELBO), ``bits_per_dim_iwae`` and what they are of; {} for floats."""
+    dim = model.input_dim
+    if model.discrete_likelihood:
+        offset = 0.0
+        levels = model.likelihood_levels
+        of = "binary pixels" if levels == 2 else f"{levels}-level pixels"
+    elif dequantized_levels:
+        offset = dim * math.log(dequantized_levels)
+        of = f"{dequantized_levels}-level pixels (dequantized density)"
+    else:
+        return {}
+    scale = dim * math.log(2.0)
+    return {
+        "bits_per_dim": (offset - results["elbo"]) / scale,
+        "bits_per_dim_iwae": (offset - results["log_likelihood"]) / scale,
+        "bits_per_dim_of": of,
     }

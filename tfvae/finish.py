@@ -6,12 +6,14 @@ what ``tfvae train --resume`` does for a run interrupted during it).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from tfvae import files
+from tfvae.errors import TfvaeWarning
 from tfvae.runs import layout, record
 from tfvae.runs.data import train_float
 from tfvae.runs.families import family
@@ -50,10 +52,16 @@ def finish_run(out: Path, config, splits, data_info: dict, figures: bool = True,
     if spec.save_extras is not None:
         with files.disk_errors(out, "the model's extra files"):
             spec.save_extras(model, out)
-    results = evaluate(model, splits.test, k=config.iwae_k, seed=config.seed, progress=progress)
+    results = evaluate(model, splits.test, k=config.iwae_k, seed=config.seed, progress=progress,
+                       dequantized_levels=splits.dequantized_levels)
     note = spec.note(config) if spec.note is not None else None
     if note:
         results["note"] = note
+    if results["active_units"] == 0:
+        warnings.warn(
+            f"the latent code is unused: no active unit (KL {results['kl']:.3g} nats), so "
+            "samples ignore it; train longer, with --kl-warmup, or (real-valued data) with "
+            "--obs-scale decoder", TfvaeWarning, stacklevel=2)
     files.atomic_write_json(out / layout.EVALUATION, results)
     if figures:
         write_figures(out, model, splits, state.history)
@@ -68,7 +76,8 @@ def write_figures(out: Path, model, splits, history) -> list[Path]:
     folder = out / layout.FIGURES
     folder.mkdir(exist_ok=True)
     shape = model.image_shape
-    x = splits.test[:10]
+    test = splits.test_rows(2000 if model.latent_dim == 2 else 10)
+    x = test[:10]
     paths = [
         fig.save_reconstructions(folder / "reconstructions.png", x, model.reconstruct(x), shape),
         fig.save_grid(folder / "samples.png", model.sample(64, seed=0), shape, "samples"),
@@ -81,11 +90,11 @@ def write_figures(out: Path, model, splits, history) -> list[Path]:
             paths.append(fig.save_manifold(folder / "manifold.png",
                                            lambda z: model.decode_mean(z).numpy(),
                                            shape, quantiles))
-        codes = np.asarray(model.posterior_code(splits.test[:2000].astype(np.float32)))
+        codes = np.asarray(model.posterior_code(test.astype(np.float32)))
         paths.append(fig.save_latent_scatter(
             folder / "latent.png", codes,
             None if splits.y_test is None else splits.y_test[:2000]))
     spec = family(model.model_type)
     if spec.figures is not None:
-        paths += spec.figures(model, folder, splits.test)
+        paths += spec.figures(model, folder, test)
     return paths

@@ -62,10 +62,18 @@ STRATEGIES = {
     "multiworker": "several processes or machines described by TF_CONFIG",
 }
 
-#: ``--likelihood``: observation models p(x|z) (``tfvae.networks.OBSERVATIONS``).
+#: ``--likelihood``: observation models p(x|z) (``tfvae.heads.OBSERVATIONS``).
 LIKELIHOODS = {
     "bernoulli": "binary data: independent Bernoulli pixels (logits)",
-    "gaussian": "real-valued data: independent Normal pixels",
+    "gaussian": "real-valued data: independent Normal pixels (scale: --obs-scale)",
+    "logistic": "8-bit pixels: discretized logistic (mixture: --obs-components), no dequantization",
+}
+
+#: ``--obs-scale``: where a Gaussian observation's scale comes from.
+OBS_SCALES = {
+    "decoder": "the decoder predicts a scale per pixel and image",
+    "pixel": "one free scale per pixel, shared by all images",
+    "shared": "one free scale for every pixel and image",
 }
 
 #: ``--binarize``: how binary training data are made (``tfvae.data.MODES``).

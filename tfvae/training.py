@@ -67,8 +67,11 @@ def _keras_feed(config, splits, seed) -> Feed:
     from tfvae import data
 
     batches = -(-len(splits.train) // config.batch_size)
-    dataset = data.make_pipeline(splits.train, splits.train_mode, config.batch_size,
-                                 splits.levels, shuffle=True, seed=seed, repeat=True)
+    if splits.streamed:  # image files, decoded batch by batch
+        dataset = splits.train.dataset(config.batch_size, shuffle=True, seed=seed, repeat=True)
+    else:
+        dataset = data.make_pipeline(splits.train, splits.train_mode, config.batch_size,
+                                     splits.levels, shuffle=True, seed=seed, repeat=True)
     # compile's own defaults (steps per execution, XLA by architecture).
     return Feed(dataset, batches, batches, 1, len(splits.train), {})
 
@@ -92,15 +95,16 @@ PATHS = {
 FASTEST_PATH = {"mlp": "fused", "conv": "keras"}
 
 
-def choose_path(config: Config) -> str:
+def choose_path(config: Config, streamed: bool = False) -> str:
     """The training path ``tfvae.train`` takes for a configuration.
 
     Under any ``tf.distribute`` strategy other than the default (even with
     one device) the fused blocks cannot run (the optimizer's cross-replica
-    update does not fit in the compiled loop): Keras' loop. On one device:
-    the measured fastest path for the architecture.
+    update does not fit in the compiled loop): Keras' loop. Data read file by
+    file (``streamed``) are not held as one tensor: Keras' loop. Otherwise the
+    measured fastest path for the architecture.
     """
-    if config.strategy != "default":
+    if config.strategy != "default" or streamed:
         return "keras"
     return FASTEST_PATH[config.arch]
 
@@ -365,9 +369,9 @@ def _fit(session: Session, signals: _Signals):
     keras.utils.set_random_seed(config.seed + 1000 * initial_epoch)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()  # process-wide: the user asked
-    feed = PATHS[choose_path(config)].make(config, session.splits,
-                                           config.seed + 1000 * initial_epoch)
-    if family(config.model).post_fit is None:
+    feed = PATHS[choose_path(config, session.splits.streamed)].make(
+        config, session.splits, config.seed + 1000 * initial_epoch)
+    if family(config.model).post_fit is None and not session.splits.streamed:
         # The pipeline holds its own tensor copy; the numpy one is needed again
         # only by families that fit something on the training rows afterwards.
         train = session.splits.train
@@ -378,13 +382,7 @@ def _fit(session: Session, signals: _Signals):
         model.reseed(config.seed)
         if previous is not None:
             _restore_state(model, session.out / layout.CHECKPOINTS / previous.prefix, session.out)
-    val = session.splits.val
-    val_ds = None
-    if val is not None and len(val):
-        from tfvae import data
-
-        val_ds = data.make_pipeline(val, "none", min(config.batch_size, len(val)), None,
-                                    shuffle=False, seed=config.seed)
+    val_ds = _validation(session)
     guard = cb.StopOnNonFinite(feed.steps_per_call, feed.batches_per_epoch)
     stop = cb.StopOnRequest()
     callbacks = _callbacks(session, feed, val_ds is not None, guard, stop)
@@ -401,6 +399,19 @@ def _fit(session: Session, signals: _Signals):
     if guard.where is not None:
         raise TrainingError(_non_finite_message(session, guard.where, callbacks))
     return model
+
+
+def _validation(session: Session):
+    """The fixed validation batches, or None without a validation split."""
+    val, size = session.splits.val, session.config.batch_size
+    if val is None or not len(val):
+        return None
+    if session.splits.streamed:
+        return val.dataset(min(size, len(val)))
+    from tfvae import data
+
+    return data.make_pipeline(val, "none", min(size, len(val)), None, shuffle=False,
+                              seed=session.config.seed)
 
 
 def _callbacks(session: Session, feed: Feed, has_val: bool, guard, stop) -> list:

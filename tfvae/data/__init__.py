@@ -28,6 +28,7 @@ from tfvae.data.binarize import (
     is_binary,
     scale,
 )
+from tfvae.data.folders import FolderDataSet
 from tfvae.data.loading import load_dataset
 from tfvae.data.modes import MODES, TEST_SEED, TRAIN_SEED, Mode
 from tfvae.data.pipelines import BlockPipeline, blocks, make_pipeline
@@ -37,14 +38,17 @@ from tfvae.data.sources import (
     SPLIT_10K,
     DataSet,
     from_arrays,
+    with_image_shape,
 )
 from tfvae.data.splits import Splits, data_warnings, prepare, validation_rows
+from tfvae.data.streams import StreamSplits
 from tfvae.errors import ConfigError, DataError
 from tfvae.packing import BLOCK_STEPS, pack_bits, unpack_bits
 
 __all__ = [
     "BLOCK_STEPS", "EMBEDDED", "LOCAL_DATASETS", "MODES", "SPLIT_10K", "TEST_SEED",
-    "TRAIN_SEED", "BlockPipeline", "ConfigError", "DataError", "DataSet", "Mode", "Splits",
+    "TRAIN_SEED", "BlockPipeline", "ConfigError", "DataError", "DataSet", "FolderDataSet",
+    "Mode", "Splits", "StreamSplits", "with_image_shape",
     "binarize_static", "binarize_threshold", "blocks", "data_warnings", "dequantize_static",
     "from_arrays", "is_binary", "load_dataset", "make_pipeline", "pack_bits", "prepare",
     "scale", "unpack_bits", "validation_rows",

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tfvae.data import sources, tfds
+from tfvae.data import folders, sources, tfds
+from tfvae.data.folders import FolderDataSet
 from tfvae.data.sources import DataSet
 from tfvae.errors import DataError
 
@@ -19,19 +20,24 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     tfds_data_dir: str | os.PathLike | None = None,
     reachability_timeout: float = 3.0,
-) -> DataSet:
+    image_size=None,
+) -> DataSet | FolderDataSet:
     """Loads a data set by name or from a path.
 
     Args:
         name: ``"mnist-10k"`` (embedded, the default), ``"digits"`` (scikit-learn),
             or a TFDS name such as ``"fashion_mnist"``. Must be None when
             ``data_dir`` is given.
-        data_dir: A directory of MNIST-format IDX ``.gz`` files, a ``.npz`` file
-            (``x_train``, ``x_test``, optional ``y_train``, ``y_test``) or a
-            ``.npy`` file (one array, first 90% of rows train, the rest test).
+        data_dir: A directory of MNIST-format IDX ``.gz`` files, a folder of
+            PNG/JPEG images (read file by file: a :class:`FolderDataSet`), a
+            ``.npz`` file (``x_train``, ``x_test``, optional ``y_train``,
+            ``y_test``) or a ``.npy`` file (one array, first 90% of rows train,
+            the rest test).
         tfds_data_dir: TFDS data directory (TFDS's default when None).
         reachability_timeout: Seconds to wait for the TFDS download host before
             failing when a TFDS data set is not prepared locally.
+        image_size: ``(H, W)`` images of a folder are resized to (default:
+            the first image's size).
 
     Returns:
         The :class:`DataSet`.
@@ -46,7 +52,10 @@ def load_dataset(
             "not both"
         )
     if data_dir is not None:
-        return sources.load_path(Path(os.fspath(data_dir)).expanduser())
+        path = Path(os.fspath(data_dir)).expanduser()
+        if path.is_dir() and not sources.has_idx_files(path) and folders.is_image_folder(path):
+            return folders.load_folder(path, image_size)
+        return sources.load_path(path)
     if name is None or name == sources.EMBEDDED:
         return sources.load_embedded()
     if name == "digits":

@@ -192,6 +192,11 @@ def _check_label_count(x: np.ndarray, y: np.ndarray, x_name, y_name) -> None:
         )
 
 
+def has_idx_files(path: Path) -> bool:
+    """Whether a directory holds MNIST-format IDX image files."""
+    return any((path / IDX_FILES[split][0]).exists() for split in IDX_FILES)
+
+
 def _load_idx_dir(path: Path) -> DataSet:
     """Loads MNIST-format IDX files; a t10k-only directory is split by file order.
 
@@ -213,9 +218,9 @@ def _load_idx_dir(path: Path) -> DataSet:
     if not have["test"]:
         expected = ", ".join(f for pair in IDX_FILES.values() for f in pair)
         raise DataError(
-            f"directory {path} holds no MNIST-format IDX files; expected {expected} "
-            "(labels optional; the train files may be absent, then the t10k set is split "
-            "9,000/rest); or give a .npz or .npy file"
+            f"directory {path} holds no MNIST-format IDX files nor PNG/JPEG images; expected "
+            f"{expected} (labels optional; the train files may be absent, then the t10k set is "
+            "split 9,000/rest), a folder of images, or a .npz or .npy file"
         )
     x_test, y_test = load_pair("test")
     if have["train"]:
@@ -333,6 +338,27 @@ def _labels(y, n: int, source: str, key: str) -> np.ndarray | None:
     if not (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
         raise DataError(f"{source}: {key} holds {y.dtype} values; labels must be integers")
     return y.astype(np.int64)
+
+
+def with_image_shape(ds, image_shape) -> DataSet:
+    """``ds`` with rows read as images of ``image_shape`` ``(H, W, C)`` (same size).
+
+    For flat ``(N, D)`` rows, whose shape a file cannot say (``--image-shape``).
+    """
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) != 3 or shape[-1] not in CHANNELS or math.prod(shape) != ds.dim:
+        raise DataError(
+            f"{ds.name}: --image-shape {','.join(map(str, shape))} does not fit rows of "
+            f"{ds.dim} values; give height,width,channels with channels 1 or 3 and "
+            f"height x width x channels = {ds.dim}"
+        )
+    if shape == tuple(ds.image_shape):
+        return ds
+    if getattr(ds, "streamed", False):
+        raise DataError(f"{ds.name} is a folder of images: use --image-size to resize them")
+    import dataclasses
+
+    return dataclasses.replace(ds, image_shape=shape)
 
 
 def from_arrays(source: str, x_train, x_test, y_train=None, y_test=None) -> DataSet:

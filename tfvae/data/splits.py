@@ -61,6 +61,25 @@ class Splits:
     image_shape: tuple
     train_index: np.ndarray | None = field(default=None, repr=False)
     val_index: np.ndarray | None = field(default=None, repr=False)
+    streamed: bool = field(default=False, repr=False)
+
+    @property
+    def dequantized_levels(self) -> int | None:
+        """``L`` when the data are dequantized as ``(k + u) / L``, else None."""
+        return self.levels if self.train_mode == "dequantize" else None
+
+    def test_rows(self, limit: int | None = None) -> np.ndarray:
+        """The first ``limit`` processed test rows."""
+        return self.test[:limit]
+
+    def train_rows(self, limit: int | None = None, seed: int = 0) -> np.ndarray:
+        """A float32 copy of the first ``limit`` training rows, as the model sees them."""
+        from tfvae.data.pipelines import make_pipeline
+
+        rows = self.train[:limit]
+        ds = make_pipeline(rows, self.train_mode, min(len(rows), 1000), self.levels,
+                           shuffle=False, seed=seed)
+        return np.concatenate([b.numpy() for b in ds])
 
 
 def validation_rows(n: int, val_fraction: float, seed: int):
@@ -90,11 +109,12 @@ def validation_rows(n: int, val_fraction: float, seed: int):
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def resolve_mode(ds: DataSet, likelihood: str, binarize: str | None) -> str:
+def resolve_mode(ds, likelihood: str, binarize: str | None) -> str:
     """The data mode for a likelihood and a ``--binarize`` value (None: the default).
 
     Bernoulli: ``dynamic`` for non-binary data, ``none`` for binary data.
     Gaussian: ``none``, which becomes ``dequantize`` for discrete pixels.
+    Logistic: ``none`` (the pixels as they are, on a grid of [0, 1]).
     Float data must lie in [0, 1] to be binarized or used as Bernoulli targets.
     """
     if likelihood not in options.LIKELIHOODS:
@@ -106,6 +126,17 @@ def resolve_mode(ds: DataSet, likelihood: str, binarize: str | None) -> str:
     if binarize is None:
         binarize = "dynamic" if likelihood == "bernoulli" and ds.levels != 2 else "none"
     discrete = ds.levels is not None and ds.levels > 2
+    if likelihood == "logistic":
+        if not discrete:
+            raise DataError(
+                f"{ds.name}: the logistic likelihood scores discrete pixel values (such as "
+                "8-bit images), but these data are "
+                f"{'binary' if ds.levels == 2 else 'continuous'}; use --likelihood "
+                f"{'bernoulli' if ds.levels == 2 else 'gaussian'}")
+        if binarize != "none":
+            raise ConfigError(f"the logistic likelihood scores the pixels as they are: "
+                              f"--binarize must be none, got {binarize}")
+        return "none"
     if binarize == "none" and likelihood == "gaussian" and discrete:
         return "dequantize"
     if binarize in ("none", "dynamic", "static") and ds.levels is None:
@@ -153,12 +184,12 @@ def data_warnings(ds: DataSet, likelihood: str) -> list[str]:
 
 
 def prepare(
-    ds: DataSet,
+    ds,
     likelihood: str = "bernoulli",
     binarize: str | None = None,
     val_fraction: float = 0.05,
     seed: int = 0,
-) -> Splits:
+):
     """Binarizes/dequantizes a data set and carves a fixed validation subset.
 
     Modes (see :mod:`tfvae.data.modes`; ``binarize`` None picks ``dynamic`` for
@@ -171,20 +202,22 @@ def prepare(
     Gaussian likelihood on discrete pixels.
 
     Args:
-        ds: The data set.
-        likelihood: A key of :data:`tfvae.options.LIKELIHOODS`.
-        binarize: A key of :data:`tfvae.options.BINARIZE`, or None for the default.
+        ds: The data set (a :class:`tfvae.data.folders.FolderDataSet` gives
+            :class:`tfvae.data.streams.StreamSplits`, read file by file).
+        likelihood, binarize: Keys of :data:`tfvae.options.LIKELIHOODS` and
+            :data:`tfvae.options.BINARIZE` (None for the default).
         val_fraction: Fraction in [0, 1) of training rows held out for validation,
             chosen by ``default_rng(seed + 12345).permutation``; 0 for none.
         seed: Seed of the validation subset.
 
     Returns:
-        The :class:`Splits`.
-
-    Raises:
-        ConfigError: Unknown likelihood/mode or an unusable validation fraction.
-        DataError: Float data outside [0, 1] where probabilities are needed.
+        The :class:`Splits` (or :class:`tfvae.data.StreamSplits`).
     """
+    if getattr(ds, "streamed", False):
+        from tfvae.data.streams import prepare_folder
+
+        mode = resolve_mode(ds, likelihood, binarize)
+        return prepare_folder(ds, mode, *validation_rows(len(ds.train_files), val_fraction, seed))
     mode = modes.get(resolve_mode(ds, likelihood, binarize))
     for message in data_warnings(ds, likelihood):
         warnings.warn(message, DataWarning, stacklevel=2)

@@ -86,6 +86,7 @@ def _info(model, module, decoder_head, encoder_outputs, noise, sampler_params) -
     """What the manifest says of the graphs: meanings, noise, weight counts, prior."""
     decoder_weights = count_weights(module.decoder_net.weights)
     return {
+        "image_shape": [int(s) for s in model.image_shape],
         "decoder_meaning": decoder_head.MEAN_MEANING,
         "encoder_outputs": encoder_outputs,
         "noise": noise,
@@ -115,11 +116,15 @@ def signature_io(module, info) -> dict:
             if name == "sample":
                 entry["distribution"] = noise[spec.name].distribution
             inputs[spec.name] = entry
+        if name == "encode":  # flattened channel-last images
+            inputs["x"]["image_shape"] = info["image_shape"]
         outputs = {}
         for key, spec in fn.structured_outputs.items():
             meaning = (info["decoder_meaning"] if name in ("decode", "sample")
                        else info["encoder_outputs"][key])
             outputs[key] = {"shape": [-1, *spec.shape[1:]], "dtype": spec.dtype.name,
                             "meaning": meaning}
+            if key == "image":
+                outputs[key]["image_shape"] = info["image_shape"]
         out[name] = {"inputs": inputs, "outputs": outputs, "weights": info["weights"][name]}
     return out

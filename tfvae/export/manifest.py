@@ -100,6 +100,12 @@ def _check_shapes(manifest: Path, data: dict) -> None:
                                  f"signatures' widths {wrong}")
     if z_width != latent:
         raise _corrupt(manifest, f"latent_dim {latent} disagrees with the decoder input {z_width}")
+    declared = [entry.get("image_shape") for entry in (
+        signatures["decode"]["outputs"]["image"], signatures["sample"]["outputs"]["image"],
+        signatures["encode"]["inputs"]["x"])]
+    if any(d is not None and list(d) != shape for d in declared):
+        raise _corrupt(manifest, f"image_shape {shape} disagrees with the signatures' "
+                                 f"image shapes {declared}")
     data["image_shape"] = shape
 
 

@@ -2,7 +2,7 @@
 
 Training is a plain autoencoder: ``z = enc(x)`` and the loss is the
 observation model's negative log-likelihood ``-log p(x | dec(z))`` (Bernoulli
-logits for binary data, :class:`tfvae.networks.PixelNormal` for real-valued
+logits for binary data, the heads of :mod:`tfvae.heads` for real-valued
 data). There is no KL term and no ELBO in training: training and validation
 report ``loss`` and ``reconstruction`` only.
 

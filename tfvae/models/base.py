@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from tfvae import networks, noise, objectives
+from tfvae import heads, networks, noise, objectives
 from tfvae._keras import keras, tf
 from tfvae.config import image_shape_3d, parse_sizes
 from tfvae.errors import ConfigError
@@ -53,9 +53,15 @@ class LatentVariableModel(TrainingSteps, keras.Model):
       hidden: encoder hidden layer sizes.
       decoder_hidden: decoder hidden sizes; ``None`` mirrors the encoder, ``()``
         gives a linear decoder.
-      likelihood: observation model, a key of :data:`tfvae.networks.OBSERVATIONS`.
+      likelihood: observation model, a key of :data:`tfvae.heads.OBSERVATIONS`
+        (``bernoulli``, ``gaussian``, ``logistic``).
       arch: ``"mlp"`` or ``"conv"``.
-      min_scale: floor of the Gaussian observation scale.
+      min_scale: floor of a Gaussian or logistic observation scale.
+      obs_scale: where a Gaussian observation's scale comes from: ``decoder``
+        (predicted per pixel and image), ``pixel`` (one free scale per pixel)
+        or ``shared`` (one free scale).
+      obs_components: logistic components per pixel and channel (logistic likelihood).
+      levels: values per pixel and channel of discrete data (256 for 8-bit).
     """
 
     model_type = "base"
@@ -72,6 +78,9 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         likelihood: str = "bernoulli",
         arch: str = "mlp",
         min_scale: float = 1e-3,
+        obs_scale: str = "decoder",
+        obs_components: int = 1,
+        levels: int = 256,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -91,12 +100,15 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         self.decoder_hidden = None if decoder_hidden is None else parse_sizes(
             decoder_hidden, "decoder_hidden"
         )
-        if likelihood not in networks.OBSERVATIONS:
+        if likelihood not in heads.OBSERVATIONS:
             raise ConfigError(f"unknown likelihood {likelihood!r}; choose one of: "
-                              f"{', '.join(networks.OBSERVATIONS)}")
+                              f"{', '.join(heads.OBSERVATIONS)}")
         self.likelihood = likelihood
         self.arch = arch
         self.min_scale = float(min_scale)
+        self.obs_scale = str(obs_scale)
+        self.obs_components = int(obs_components)
+        self.levels = int(levels)
         # KL weight for warm-up (Bowman et al. 2016); 1 gives the ELBO. Kept in a
         # non-trainable variable so a callback can change it without retracing.
         self.kl_weight = tf.Variable(1.0, trainable=False, name="kl_weight")
@@ -124,7 +136,8 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         return networks.build_decoder(
             self.latent_dim,
             self.decoder_sizes,
-            networks.observation_head(self.likelihood, self.input_dim, self.min_scale),
+            heads.observation_head(self.likelihood, self.input_dim, self.min_scale,
+                                   self.obs_scale, self.obs_components, self.levels),
             arch=self.arch,
             image_shape=self.image_shape,
         )
@@ -254,16 +267,25 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         """The sampler's noise for ``n`` samples, drawn with ``numpy.random.default_rng(seed)``."""
         return noise.draw(self.noise_inputs(), n, seed)
 
-    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+    def sample(self, n: int, seed: int | None = None, pixels: bool = False) -> np.ndarray:
         """Draws ``n`` codes from the prior and returns decoder means ``[n, D]``.
 
-        The means are pixel probabilities for a Bernoulli likelihood and pixel
-        means for a Gaussian one. The noise comes from :meth:`draw_noise`, as
-        for the exported samplers: the same ``seed`` gives the same images
-        here, from the SavedModel and from LiteRT.
+        The means are pixel probabilities for a Bernoulli likelihood, pixel
+        means for a Gaussian one and intensities in [0, 1] for the logistic.
+        The noise comes from :meth:`draw_noise`, as for the exported samplers:
+        the same ``seed`` gives the same images here, from the SavedModel and
+        from LiteRT. ``pixels=True`` draws the pixels themselves from
+        ``p(x|z)`` instead (bits for a Bernoulli likelihood, values on the
+        pixel grid, ``k / (levels - 1)``, for the logistic).
         """
         self.check_ready()
-        return self.decode_mean(self.codes_for(self.draw_noise(n, seed))).numpy()
+        codes = self.codes_for(self.draw_noise(n, seed))
+        if not pixels:
+            return self.decode_mean(codes).numpy()
+        from tfvae.utils import stateless_seed
+
+        draw_seed = stateless_seed(0 if seed is None else seed, 3)
+        return self.decode(codes).sample(seed=draw_seed).numpy().astype(np.float32)
 
     def reconstruct(self, x) -> np.ndarray:
         """Decoder means at the posterior mean code, ``[batch, D]``."""
@@ -282,6 +304,16 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         """Maps probabilities to prior coordinates for the 2-D manifold figure, or None."""
         return None
 
+    @property
+    def discrete_likelihood(self) -> bool:
+        """Whether p(x|z) is a probability of discrete values (Bernoulli, logistic)."""
+        return bool(self.decoder.layers[-1].discrete)
+
+    @property
+    def likelihood_levels(self) -> int | None:
+        """Values per pixel of a discrete p(x|z) (2 for Bernoulli), None for densities."""
+        return getattr(self.decoder.layers[-1], "levels", None)
+
     # --------------------------------------------------------- serialization
     def get_config(self):
         return {
@@ -293,6 +325,9 @@ class LatentVariableModel(TrainingSteps, keras.Model):
             "likelihood": self.likelihood,
             "arch": self.arch,
             "min_scale": self.min_scale,
+            "obs_scale": self.obs_scale,
+            "obs_components": self.obs_components,
+            "levels": self.levels,
             "name": self.name,
         }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfvae import estimators, networks, objectives
+from tfvae import estimators, heads, objectives
 from tfvae._keras import keras, tf, tfd
 from tfvae.errors import ConfigError
 from tfvae.models.base import BASE_METRICS, LatentVariableModel, order_key
@@ -92,7 +92,7 @@ class BernoulliVAE(LatentVariableModel):
         self.nvil_hidden = int(nvil_hidden)
         self.nvil_normalize = bool(nvil_normalize)
 
-        self.encoder = self._build_encoder(networks.bernoulli_latent_head(self.latent_dim))
+        self.encoder = self._build_encoder(heads.bernoulli_latent_head(self.latent_dim))
         self.decoder = self._build_decoder()
         # NVIL's input-dependent baseline c(x): one tanh layer (Mnih & Gregor 2014, sec. 5).
         self.baseline_net = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfvae import networks, objectives
+from tfvae import heads, objectives
 from tfvae._keras import keras, tf, tfd
 from tfvae.models.base import LatentVariableModel
 from tfvae.noise import Noise
@@ -37,7 +37,7 @@ class GaussianVAE(LatentVariableModel):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.encoder = self._build_encoder(networks.gaussian_latent_head(self.latent_dim))
+        self.encoder = self._build_encoder(heads.gaussian_latent_head(self.latent_dim))
         self.decoder = self._build_decoder()
         self._finish_build()
 
