@@ -26,8 +26,9 @@ def _hwc(image_shape) -> tuple[int, int, int]:
     return shape if len(shape) == 3 else shape + (1,)
 
 
-def tile(images: np.ndarray, image_shape, columns: int | None = None) -> np.ndarray:
-    """Arranges ``[n, H*W*C]`` images into one ``[rows*H, columns*W, C]`` array.
+def tile(images: np.ndarray, image_shape, columns: int | None = None,
+         gap: int = 1) -> np.ndarray:
+    """Arranges ``[n, H*W*C]`` images into one grid array, ``gap`` white pixels apart.
 
     ``image_shape`` is ``(H, W)`` or ``(H, W, C)`` (rows channel-last); the
     channel axis is dropped for grey-level images.
@@ -37,10 +38,11 @@ def tile(images: np.ndarray, image_shape, columns: int | None = None) -> np.ndar
     n = len(images)
     columns = columns or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / columns))
-    grid = np.ones((rows * height, columns * width, channels), dtype=np.float32)
+    step_h, step_w = height + gap, width + gap
+    grid = np.ones((rows * step_h - gap, columns * step_w - gap, channels), dtype=np.float32)
     for i, image in enumerate(images.reshape(n, height, width, channels)):
         r, c = divmod(i, columns)
-        grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = image
+        grid[r * step_h:r * step_h + height, c * step_w:c * step_w + width] = image
     return grid[..., 0] if channels == 1 else grid
 
 
