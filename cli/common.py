@@ -143,6 +143,8 @@ def _option_for(f: dataclasses.Field, default_override=...):
         kwargs["type"] = click.Choice(list(meta["choices"]))
     elif meta["kind"] == "path":
         kwargs["type"] = click.Path()
+    elif meta["kind"] in ("int", "float"):
+        kwargs["type"] = {"int": int, "float": float}[meta["kind"]]
     elif meta["kind"] in ("sizes", "str", "shape"):
         kwargs["type"] = str
         if isinstance(default, tuple):

@@ -54,13 +54,15 @@ def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
     _, splits = load_data(config)
     x = splits.test_rows(n_examples)
     results = gradient_variance(model, x, num_draws=draws, seed=seed)
-    baseline = float(model.baseline_mean.numpy())
+    values = model.baseline_mean.numpy()  # one per stochastic layer for an sbn
+    baseline = float(values) if values.ndim == 0 else [float(v) for v in values]
+    shown = f"{baseline:.2f}" if values.ndim == 0 else ", ".join(f"{v:.2f}" for v in baseline)
     if as_json:
         click.echo(json.dumps({"run": str(run_dir), "trained_with": config.estimator,
                                "baseline": baseline, "n_examples": int(len(x)),
                                "draws": draws, "estimators": results}))
         return
-    click.echo(f"run trained with {config.estimator} (running baseline {baseline:.2f}); "
+    click.echo(f"run trained with {config.estimator} (running baseline {shown}); "
                f"{len(x)} examples, {draws} draws")
     click.echo(f"{'estimator':>10} {'variance':>12} {'mean |g|^2':>12} {'snr':>8} "
                f"{'norm snr':>9}  objective")

@@ -26,7 +26,7 @@ LAYERS = [
      "tfvae.packing", "tfvae.utils", "tfvae.config"},
     # data, networks, objectives, estimators, distribution, the mixture sampler
     {"tfvae.data", "tfvae.networks", "tfvae.heads", "tfvae.distributions", "tfvae.objectives",
-     "tfvae.distribute", "tfvae.estimators", "tfvae.gmm"},
+     "tfvae.distribute", "tfvae.estimators", "tfvae.layered", "tfvae.gmm"},
     {"tfvae.models"},
     {"tfvae.evaluation", "tfvae.diagnostics", "tfvae.figures"},
     {"tfvae.runs"},
@@ -178,6 +178,9 @@ def test_names_exist_once_options_config_cli_and_registries_agree():
     from tfvae.runs.families import FAMILIES
 
     assert tuple(ESTIMATORS) == tuple(options.ESTIMATORS)
+    from tfvae.layered import LAYERED_ESTIMATORS
+
+    assert tuple(LAYERED_ESTIMATORS) == tuple(options.ESTIMATORS)
     assert tuple(STRATEGIES) == tuple(options.STRATEGIES)
     assert tuple(FAMILIES) == tuple(options.MODELS)
     assert tuple(OBSERVATIONS) == tuple(options.LIKELIHOODS)

@@ -20,6 +20,7 @@ _LAZY = {
     "keras": ("tfvae._keras", "keras"),
     "GaussianVAE": ("tfvae.models.gaussian", "GaussianVAE"),
     "BernoulliVAE": ("tfvae.models.bernoulli", "BernoulliVAE"),
+    "StackedBernoulliVAE": ("tfvae.models.stacked", "StackedBernoulliVAE"),
     "Autoencoder": ("tfvae.models.autoencoder", "Autoencoder"),
     "GMMSampler": ("tfvae.gmm", "GMMSampler"),
     "evaluate": ("tfvae.evaluation", "evaluate"),

@@ -5,6 +5,7 @@
   a run directory every epoch (what ``--resume`` continues from);
 * :class:`StopOnNonFinite`: stops at the first non-finite loss and says where;
 * :class:`StopOnRequest`: stops at the next step when asked (Ctrl-C, SIGTERM);
+* :class:`BoundEvaluation`: logs the k-sample bound of fixed data every few epochs;
 * :class:`ReleaseMemory`: hands freed heap back after compilation;
 * :class:`Progress`: batches, images/s and metrics, one line per epoch.
 
@@ -221,6 +222,41 @@ class RunRecorder(keras.callbacks.Callback):
                     folder, f"the checkpoint of the next epoch ({kept})",
                     f"resume with `tfvae train --resume {self.run_dir}`") from None
             raise
+
+
+class BoundEvaluation(keras.callbacks.Callback):
+    """Logs the k-sample bound (IWAE) of fixed data sets every few epochs.
+
+    For each named data set, ``{name}_iwae_k{k}`` (nats per example) joins the
+    epoch's logs, so :class:`RunRecorder` (placed after this callback) records
+    it in ``metrics.csv`` and the training record. Evaluating reuses
+    :func:`tfvae.evaluate` with a fixed seed, so the figures of two epochs are
+    comparable.
+
+    Args:
+      data: ``{name: data}`` (arrays, or splits of image files).
+      k: importance samples.
+      every: epochs between evaluations (the last epoch is always evaluated).
+      seed: seed of the evaluation's draws.
+      dequantized_levels: see :func:`tfvae.evaluate`.
+    """
+
+    def __init__(self, data: dict, k: int = 100, every: int = 1, seed: int = 0,
+                 dequantized_levels: int | None = None):
+        super().__init__()
+        self.data, self.k, self.every, self.seed = dict(data), int(k), int(every), int(seed)
+        self.dequantized_levels = dequantized_levels
+
+    def on_epoch_end(self, epoch, logs=None):
+        from tfvae.evaluation import evaluate
+
+        last = epoch + 1 == self.params.get("epochs")
+        if logs is None or ((epoch + 1) % self.every and not last):
+            return
+        for name, data in self.data.items():
+            result = evaluate(self.model, data, k=self.k, seed=self.seed,
+                              dequantized_levels=self.dequantized_levels)
+            logs[f"{name}_iwae_k{self.k}"] = result["log_likelihood"]
 
 
 class ReleaseMemory(keras.callbacks.Callback):

@@ -33,6 +33,8 @@ MODEL_FIELDS = (
     "obs_scale",
     "obs_components",
     "levels",
+    "activation",
+    "center_input",
 )
 
 #: Fields a resumed run may change (``tfvae train --resume DIR --epochs N``).
@@ -47,8 +49,9 @@ def _option(default, help: str, *, choices=None, kind=None, flag=None, cli=True,
       default: the default value (the CLI shows it unless ``show_default`` is off).
       help: the option's help text.
       choices: a table of :mod:`tfvae.options` the value must be a key of.
-      kind: ``"sizes"`` (comma-separated layer sizes), ``"path"``, or None
-        (the click type follows the default's Python type).
+      kind: ``"sizes"`` (comma-separated layer sizes), ``"shape"``, ``"path"``,
+        ``"str"``, ``"int"``, ``"float"``, or None (the click type follows the
+        default's Python type).
       flag: a click declaration such as ``"--learn-prior/--fixed-prior"``.
       cli: whether ``tfvae train`` offers it.
     """
@@ -164,6 +167,8 @@ class Config:
     latent_dim: int = _option(20, "Size of the latent code.")
     hidden: tuple[int, ...] = _option((400,), "Encoder hidden sizes, e.g. 400 or 512,256.",
                                       kind="sizes")
+    activation: str = _option("relu", "Nonlinearity of the hidden dense layers.",
+                              choices=options.ACTIVATIONS)
     decoder_hidden: tuple[int, ...] | None = _option(
         None, "Decoder hidden sizes [default: the encoder's, mirrored]; '' for linear.",
         kind="sizes")
@@ -173,6 +178,21 @@ class Config:
     seed: int = _option(0, "Seed of initialisation, data order and training noise.")
     val_fraction: float = _option(
         0.05, "Share of the training split held out to pick the best checkpoint.")
+    val_size: int | None = _option(
+        None, "Number of training examples held out instead of --val-fraction (e.g. 10000).",
+        kind="int")
+    val_order: str = _option("random", "Which training examples are held out.",
+                             choices=options.VAL_ORDERS)
+    center_input: bool = _option(
+        False, "Subtract the training mean from the encoder's input (a saved model weight).",
+        flag="--center-input")
+    output_bias_from_data: bool = _option(
+        False, "Start the decoder's output bias at the training mean (the logit of it for "
+        "Bernoulli pixels; mlp decoders).", flag="--output-bias-from-data")
+    eval_k: int = _option(
+        0, "Also log the k-sample bound on the validation and test splits during training "
+        "(0: off; e.g. 100).")
+    eval_every: int = _option(1, "Epochs between those evaluations (with --eval-k).")
     min_scale: float = _option(
         1e-3, "Floor of the Gaussian likelihood's scale (and of the logistic's, in [0, 1] units).")
     obs_scale: str = _option("decoder", "Scale of a Gaussian likelihood.",
@@ -188,13 +208,17 @@ class Config:
         "several machines described by TF_CONFIG (multiworker); --batch-size is the global "
         "batch, split across replicas.", choices=options.STRATEGIES)
     # Bernoulli-latent VAE.
-    estimator: str = _option("ema", "Gradient estimator (bernoulli model).",
+    estimator: str = _option("ema", "Gradient estimator (bernoulli and sbn models).",
                              choices=options.ESTIMATORS)
     baseline_decay: float = _option(
         0.9, "Moving-average baseline decay (bernoulli model, ema and nvil).")
     num_samples: int = _option(4, "Samples per example for rloo / vimco (bernoulli model).")
-    learn_prior: bool = _option(False, "Learned prior logits (bernoulli model).",
+    learn_prior: bool = _option(False, "Learned prior logits (bernoulli and sbn models).",
                                 flag="--learn-prior/--fixed-prior")
+    stochastic_layers: int = _option(2, "Layers of --latent-dim binary units (sbn model).")
+    prior_lr: float | None = _option(
+        None, "Train the learned prior logits with plain SGD at this learning rate (e.g. 0.01) "
+        "[default: with the model's Adam].", kind="float")
     # Autoencoder + Gaussian mixture.
     components: int | str = _option(
         10, "Mixture components, or 'auto' to choose by BIC (ae-gmm model).", kind="str")
@@ -234,8 +258,14 @@ class Config:
         if self.dataset is not None and self.data_dir is not None:
             raise ConfigError("give either --dataset or --data-dir, not both")
         for name in ("epochs", "latent_dim", "batch_size", "iwae_k", "num_samples",
-                     "obs_components"):
+                     "obs_components", "eval_every", "stochastic_layers"):
             _positive_int(name, getattr(self, name))
+        if self.val_size is not None:
+            _positive_int("val_size", self.val_size)
+        if isinstance(self.eval_k, bool) or not isinstance(self.eval_k, int) or self.eval_k < 0:
+            raise ConfigError(f"--eval-k must be an integer >= 0, got {self.eval_k!r}")
+        if self.prior_lr is not None and not (_finite(self.prior_lr) and self.prior_lr > 0):
+            raise ConfigError(f"--prior-lr must be a positive number, got {self.prior_lr!r}")
         if isinstance(self.kl_warmup, bool) or not isinstance(self.kl_warmup, int) \
                 or self.kl_warmup < 0:
             raise ConfigError(

@@ -87,7 +87,7 @@ def _draws(model, x, name: str, k: int, num_draws: int, seed: int) -> np.ndarray
     from tfvae._keras import tf
     from tfvae.utils import stateless_seed
 
-    variables = model.encoder.trainable_variables
+    variables = model.inference_variables
 
     @tf.function(input_signature=[tf.TensorSpec([2], tf.int32)])
     def draw(s):

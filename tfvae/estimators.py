@@ -94,6 +94,8 @@ class Estimate(NamedTuple):
         baseline), for metrics.
       baseline: ``[..., batch]`` (or scalar) baseline subtracted, for metrics.
       updates: new values of :class:`State` fields (by field name).
+      rest: ``[batch]`` the single-sample bound's other terms at the same sample
+        (layered models, whose KL is not analytic); None for one layer.
     """
 
     loss: tf.Tensor
@@ -101,6 +103,7 @@ class Estimate(NamedTuple):
     signal: tf.Tensor
     baseline: tf.Tensor
     updates: dict
+    rest: tf.Tensor | None = None
 
 
 #: name -> estimator function; the names and metadata are those of

@@ -20,6 +20,8 @@ Observation models (``--likelihood``): :data:`OBSERVATIONS`.
 
 from __future__ import annotations
 
+import numpy as np
+
 from tfvae import options
 from tfvae._keras import keras, tf, tfd, tfpl
 from tfvae.distributions import QuantizedLogistic, location_mean
@@ -67,6 +69,15 @@ class BernoulliHead(tfpl.IndependentBernoulli):
     def mean_from_params(params):
         """The distribution's mean as a tensor of these parameters (exported graphs)."""
         return tf.math.sigmoid(params)
+
+    @staticmethod
+    def initial_bias(mean):
+        """Parameters whose distribution has this mean (a data-dependent start).
+
+        The logit of the mean, clipped to [0.001, 0.999] as the DisARM code does.
+        """
+        mean = np.clip(mean, 0.001, 0.999)
+        return np.log(mean / (1.0 - mean)).astype(np.float32)
 
     @staticmethod
     def export_outputs(params) -> dict:
@@ -165,6 +176,10 @@ class PixelNormal(tfpl.DistributionLambda):
     def mean_from_params(params):
         return params
 
+    @staticmethod
+    def initial_bias(mean):
+        return np.asarray(mean, np.float32)
+
 
 
 
@@ -211,6 +226,11 @@ class DecoderNormal(tfpl.DistributionLambda):
     @staticmethod
     def mean_from_params(params):
         return tf.split(params, 2, axis=-1)[0]
+
+    @staticmethod
+    def initial_bias(mean):
+        mean = np.asarray(mean, np.float32)
+        return np.concatenate([mean, np.zeros_like(mean)])
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -286,6 +306,14 @@ class LogisticHead(tfpl.DistributionLambda):
     def mean_from_params(self, params):
         logits, loc, _ = self._split(params)
         return location_mean(loc, logits)
+
+    def initial_bias(self, mean):
+        mean = np.asarray(mean, np.float32)
+        zeros = np.zeros_like(mean)
+        if self.components == 1:
+            return np.concatenate([mean, zeros])
+        k = self.components
+        return np.concatenate([np.tile(zeros, k), np.tile(mean, k), np.tile(zeros, k)])
 
 
 # ------------------------------------------------------------ observation models

@@ -16,6 +16,50 @@ from tfvae.errors import ConfigError
 layers = keras.layers
 
 
+@keras.saving.register_keras_serializable(package="tfvae")
+class Center(layers.Layer):
+    """Subtracts a fixed vector (the training data's mean) from its input.
+
+    The vector is a non-trainable weight, zero until set from data (DisARM's
+    ``--demean_input``), so it is saved, loaded and exported with the model.
+    """
+
+    def __init__(self, size: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size = int(size)
+
+    def build(self, input_shape):
+        self.mean = self.add_weight(name="mean", shape=(self.size,), initializer="zeros",
+                                    trainable=False)
+        super().build(input_shape)
+
+    def call(self, x):
+        return x - self.mean
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size}
+
+
+def _leaky_relu():
+    return layers.LeakyReLU(alpha=0.3)
+
+
+#: ``--activation`` -> the layers that follow a linear map (keys of
+#: :data:`tfvae.options.ACTIVATIONS`).
+ACTIVATIONS = {
+    "relu": lambda: [layers.Activation("relu")],
+    "leaky_relu": lambda: [_leaky_relu()],
+    "tanh": lambda: [layers.Activation("tanh")],
+}
+
+
+def _dense(units: int, activation: str) -> list:
+    """A hidden dense layer: the linear map, then the activation."""
+    if activation == "relu":  # the fused form of a relu Dense (one layer, as before)
+        return [layers.Dense(units, activation="relu")]
+    return [layers.Dense(units)] + ACTIVATIONS[activation]()
+
+
 #: Filters of the strided convolutions, level by level (Conv 32/64 for 28x28).
 CONV_FILTERS = (32, 64, 128, 256)
 #: The conv encoder halves the image while both sides stay at least this large.
@@ -48,9 +92,16 @@ def _conv_levels(image_shape) -> int:
     return levels
 
 
-def encoder_body(input_dim: int, hidden, arch: str = "mlp", image_shape=None) -> list:
-    """Layers mapping a flat image to features (before the distribution parameters)."""
+def encoder_body(input_dim: int, hidden, arch: str = "mlp", image_shape=None,
+                 activation: str = "relu", center: bool = False) -> list:
+    """Layers mapping a flat image to features (before the distribution parameters).
+
+    ``center`` starts with a :class:`Center` layer (the training mean, set
+    from data, is subtracted from the input).
+    """
     body = [layers.InputLayer(input_shape=(input_dim,))]
+    if center:
+        body.append(Center(input_dim, name="center"))
     if arch == "conv":
         levels = _conv_levels(image_shape)
         body.append(layers.Reshape(tuple(image_shape)))
@@ -59,12 +110,13 @@ def encoder_body(input_dim: int, hidden, arch: str = "mlp", image_shape=None) ->
         body.append(layers.Flatten())
     elif arch != "mlp":
         raise ConfigError(f"unknown arch {arch!r}; choose one of: {', '.join(options.ARCHS)}")
-    body += [layers.Dense(units, activation="relu") for units in hidden]
+    body += [layer for units in hidden for layer in _dense(units, activation)]
     return body
 
 
 def decoder_body(
-    latent_dim: int, hidden, output_size: int, arch: str = "mlp", image_shape=None
+    latent_dim: int, hidden, output_size: int, arch: str = "mlp", image_shape=None,
+    activation: str = "relu",
 ) -> list:
     """Layers mapping a latent code to ``output_size`` distribution parameters.
 
@@ -73,7 +125,7 @@ def decoder_body(
     the heads' ``params_size`` layouts expect.
     """
     body = [layers.InputLayer(input_shape=(latent_dim,))]
-    body += [layers.Dense(units, activation="relu") for units in hidden]
+    body += [layer for units in hidden for layer in _dense(units, activation)]
     if arch == "conv":
         levels = _conv_levels(image_shape)
         height, width, channels = image_shape
@@ -98,7 +150,8 @@ def decoder_body(
     return body
 
 
-def build_encoder(input_dim, hidden, head, arch="mlp", image_shape=None, name="encoder"):
+def build_encoder(input_dim, hidden, head, arch="mlp", image_shape=None, name="encoder",
+                  activation="relu", center=False):
     """Encoder ``x -> q(z|x)`` as a Sequential ending in a distribution layer.
 
     Args:
@@ -108,18 +161,22 @@ def build_encoder(input_dim, hidden, head, arch="mlp", image_shape=None, name="e
         ``(size, None)`` for a deterministic code (plain autoencoder).
       arch: ``"mlp"`` or ``"conv"``.
       image_shape: ``(H, W, C)``, needed by ``conv``.
+      activation: a key of :data:`ACTIVATIONS` for the hidden dense layers.
+      center: subtract the training mean from the input first (:class:`Center`).
     """
     params_size, head_layer = head
-    body = encoder_body(input_dim, hidden, arch, image_shape) + [layers.Dense(params_size)]
+    body = encoder_body(input_dim, hidden, arch, image_shape, activation, center)
+    body.append(layers.Dense(params_size))
     if head_layer is not None:
         body.append(head_layer)
     return keras.Sequential(body, name=name)
 
 
-def build_decoder(latent_dim, hidden, head, arch="mlp", image_shape=None, name="decoder"):
+def build_decoder(latent_dim, hidden, head, arch="mlp", image_shape=None, name="decoder",
+                  activation="relu"):
     """Decoder ``z -> p(x|z)`` as a Sequential ending in a distribution layer."""
     params_size, head_layer = head
-    body = decoder_body(latent_dim, hidden, params_size, arch, image_shape)
+    body = decoder_body(latent_dim, hidden, params_size, arch, image_shape, activation)
     if head_layer is not None:
         body.append(head_layer)
     return keras.Sequential(body, name=name)

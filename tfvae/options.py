@@ -40,6 +40,7 @@ MODELS = {
     "gaussian": "Gaussian-latent VAE, reparameterized (z = mu + sigma * eps)",
     "bernoulli": "Bernoulli-latent VAE trained with a score-function estimator",
     "ae-gmm": "autoencoder with a Gaussian mixture fitted to its codes",
+    "sbn": "sigmoid belief network: several layers of binary units, local learning signals",
 }
 
 #: ``--estimator``: Bernoulli-latent gradient estimators (``tfvae.estimators.ESTIMATORS``).
@@ -82,6 +83,19 @@ BINARIZE = {
     "static": "one fixed draw per pixel (the shared bindata protocol)",
     "dynamic": "a fresh draw per pixel every epoch",
     "threshold": "1 where the scaled value exceeds 0.5",
+}
+
+#: ``--activation``: hidden layers' nonlinearity (``tfvae.networks.ACTIVATIONS``).
+ACTIVATIONS = {
+    "relu": "max(0, x)",
+    "leaky_relu": "LeakyReLU with slope 0.3 below 0 (the DisARM code's)",
+    "tanh": "hyperbolic tangent",
+}
+
+#: ``--val-order``: which training rows the validation split takes.
+VAL_ORDERS = {
+    "random": "a seeded random subset",
+    "end": "the last rows in file order (a fixed split such as 50,000/10,000)",
 }
 
 #: ``--arch``: encoder and decoder networks (``tfvae.networks``).

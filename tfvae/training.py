@@ -371,17 +371,12 @@ def _fit(session: Session, signals: _Signals):
         tf.config.experimental.enable_op_determinism()  # process-wide: the user asked
     feed = PATHS[choose_path(config, session.splits.streamed)].make(
         config, session.splits, config.seed + 1000 * initial_epoch)
+    model = _build(session, feed)
     if family(config.model).post_fit is None and not session.splits.streamed:
         # The pipeline holds its own tensor copy; the numpy one is needed again
         # only by families that fit something on the training rows afterwards.
         train = session.splits.train
         session.splits.train = np.empty((0,) + train.shape[1:], train.dtype)
-    with session.strategy.scope():  # variables and optimizer mirrored under a strategy
-        model = build_model(config)
-        model.compile(optimizer=keras.optimizers.Adam(config.lr), **feed.compile)
-        model.reseed(config.seed)
-        if previous is not None:
-            _restore_state(model, session.out / layout.CHECKPOINTS / previous.prefix, session.out)
     val_ds = _validation(session)
     guard = cb.StopOnNonFinite(feed.steps_per_call, feed.batches_per_epoch)
     stop = cb.StopOnRequest()
@@ -398,6 +393,27 @@ def _fit(session: Session, signals: _Signals):
         raise KeyboardInterrupt
     if guard.where is not None:
         raise TrainingError(_non_finite_message(session, guard.where, callbacks))
+    return model
+
+
+def _build(session: Session, feed: Feed):
+    """The compiled model: restored from the record, or started (from data if asked)."""
+    from tfvae._keras import keras
+
+    config, previous = session.config, session.previous
+    with session.strategy.scope():  # variables and optimizer mirrored under a strategy
+        model = build_model(config)
+        prior_optimizer = None if config.prior_lr is None else \
+            keras.optimizers.SGD(config.prior_lr)
+        model.compile(optimizer=keras.optimizers.Adam(config.lr),
+                      prior_optimizer=prior_optimizer, **feed.compile)
+        model.reseed(config.seed)
+        if previous is not None:
+            _restore_state(model, session.out / layout.CHECKPOINTS / previous.prefix, session.out)
+        elif config.center_input or config.output_bias_from_data:
+            model.init_from_data(session.splits.train_mean(config.seed),
+                                 center=config.center_input,
+                                 output_bias=config.output_bias_from_data)
     return model
 
 
@@ -421,7 +437,14 @@ def _callbacks(session: Session, feed: Feed, has_val: bool, guard, stop) -> list
     config, out = session.config, session.out
     recorder = cb.RunRecorder(out, "val_loss" if has_val else "loss", session.previous,
                               config, session.data, session.strategy, skip=(guard, stop))
-    found = [cb.KLWarmup(config.kl_warmup), guard, stop, recorder, cb.ReleaseMemory()]
+    found = [cb.KLWarmup(config.kl_warmup), guard, stop]
+    if config.eval_k:  # before the recorder, which records the logs it adds
+        splits = session.splits
+        sets = {"test": splits.test} if splits.val is None else \
+            {"val": splits.val, "test": splits.test}
+        found.append(cb.BoundEvaluation(sets, config.eval_k, config.eval_every, config.seed,
+                                        splits.dequantized_levels))
+    found += [recorder, cb.ReleaseMemory()]
     if session.verbose:
         found.append(cb.Progress(feed.batches_per_epoch, config.batch_size,
                                  feed.images_per_epoch, feed.steps_per_call,

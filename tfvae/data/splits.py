@@ -72,6 +72,18 @@ class Splits:
         """The first ``limit`` processed test rows."""
         return self.test[:limit]
 
+    def train_mean(self, seed: int = 0) -> np.ndarray:
+        """Mean ``[D]`` of the training rows as the model sees them (noise included)."""
+        from tfvae.data.pipelines import make_pipeline
+
+        total, count = None, 0
+        for batch in make_pipeline(self.train, self.train_mode, min(len(self.train), 4096),
+                                   self.levels, shuffle=False, seed=seed):
+            part = batch.numpy().astype(np.float64).sum(axis=0)
+            total = part if total is None else total + part
+            count += len(batch)
+        return (total / count).astype(np.float32)
+
     def train_rows(self, limit: int | None = None, seed: int = 0) -> np.ndarray:
         """A float32 copy of the first ``limit`` training rows, as the model sees them."""
         from tfvae.data.pipelines import make_pipeline
@@ -82,10 +94,13 @@ class Splits:
         return np.concatenate([b.numpy() for b in ds])
 
 
-def validation_rows(n: int, val_fraction: float, seed: int):
-    """Sorted ``(train_rows, val_rows)`` of a seeded random validation subset.
+def validation_rows(n: int, val_fraction: float, seed: int, size: int | None = None,
+                    order: str = "random"):
+    """Sorted ``(train_rows, val_rows)`` of the validation subset.
 
-    ``val_rows`` is None when ``val_fraction`` is 0.
+    ``size`` rows (or ``floor(val_fraction * n)``), a seeded random subset
+    (``order="random"``) or the last rows in file order (``order="end"``).
+    ``val_rows`` is None when there are none.
     """
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
             or not 0.0 <= val_fraction < 1.0:
@@ -93,18 +108,22 @@ def validation_rows(n: int, val_fraction: float, seed: int):
             f"validation fraction must be in [0, 1), got {val_fraction!r}; "
             "use e.g. --val-fraction 0.05, or 0 for no validation set"
         )
-    n_val = math.floor(val_fraction * n)
-    if val_fraction > 0 and n_val < 1:
+    n_val = math.floor(val_fraction * n) if size is None else int(size)
+    if size is None and val_fraction > 0 and n_val < 1:
         raise ConfigError(
             f"validation fraction {val_fraction} of {n} training examples leaves no "
             "validation example; use a larger fraction or 0"
         )
     if n - n_val < 1:
-        raise ConfigError(
-            f"validation fraction {val_fraction} leaves no training example out of {n}"
-        )
+        what = f"validation fraction {val_fraction}" if size is None else \
+            f"--val-size {size}"
+        raise ConfigError(f"{what} leaves no training example out of {n}")
     if n_val == 0:
         return np.arange(n), None
+    if order == "end":
+        return np.arange(n - n_val), np.arange(n - n_val, n)
+    if order != "random":
+        raise ConfigError(f"unknown validation order {order!r}; choose random or end")
     perm = np.random.default_rng(seed + VAL_SEED_OFFSET).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
@@ -189,6 +208,8 @@ def prepare(
     binarize: str | None = None,
     val_fraction: float = 0.05,
     seed: int = 0,
+    val_size: int | None = None,
+    val_order: str = "random",
 ):
     """Binarizes/dequantizes a data set and carves a fixed validation subset.
 
@@ -209,6 +230,7 @@ def prepare(
         val_fraction: Fraction in [0, 1) of training rows held out for validation,
             chosen by ``default_rng(seed + 12345).permutation``; 0 for none.
         seed: Seed of the validation subset.
+        val_size, val_order: see :func:`validation_rows`.
 
     Returns:
         The :class:`Splits` (or :class:`tfvae.data.StreamSplits`).
@@ -217,11 +239,13 @@ def prepare(
         from tfvae.data.streams import prepare_folder
 
         mode = resolve_mode(ds, likelihood, binarize)
-        return prepare_folder(ds, mode, *validation_rows(len(ds.train_files), val_fraction, seed))
+        rows = validation_rows(len(ds.train_files), val_fraction, seed, val_size, val_order)
+        return prepare_folder(ds, mode, *rows)
     mode = modes.get(resolve_mode(ds, likelihood, binarize))
     for message in data_warnings(ds, likelihood):
         warnings.warn(message, DataWarning, stacklevel=2)
-    train_idx, val_idx = validation_rows(len(ds.x_train), val_fraction, seed)
+    train_idx, val_idx = validation_rows(len(ds.x_train), val_fraction, seed, val_size,
+                                         val_order)
     # All rows and no validation: no fancy-indexed copy of the training split.
     take_idx = None if val_idx is None else train_idx
     train, val, test, levels = mode.split(ds, take_idx, val_idx)

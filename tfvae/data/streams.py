@@ -131,6 +131,10 @@ class StreamSplits:
     def train_rows(self, limit: int | None = None, seed: int = 0) -> np.ndarray:
         return self.train.rows(limit, seed)
 
+    def train_mean(self, seed: int = 0, limit: int = 20000) -> np.ndarray:
+        """Mean of (up to ``limit``) training rows as the model sees them."""
+        return self.train.rows(limit, seed).mean(axis=0)
+
 
 #: Data modes that work batch by batch on raw pixels (the others need a whole split).
 STREAM_MODES = ("none", "dynamic", "dequantize")

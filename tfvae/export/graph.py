@@ -43,6 +43,7 @@ def export_module(model):
     latent, dim = int(model.latent_dim), int(model.input_dim)
     noise = model.noise_inputs()
     sampler_params = model.sampler_params()
+    stack = [(list(net.layers), int(net.input_shape[-1])) for net in model.sampler_networks]
     codes_from_noise = type(model).codes_from_noise
     encoder_outputs = (CODE_OUTPUTS if encoder_head is None else encoder_head.OUTPUTS)
 
@@ -54,6 +55,8 @@ def export_module(model):
             super().__init__(name=f"tfvae_{model.model_type.replace('-', '_')}")
             self.decoder_net = clone_body(decoder_layers, latent, "decoder")
             self.encoder_net = clone_body(encoder_layers, dim, "encoder")
+            self.stack_nets = [clone_body(layers, size, f"generator_{i + 2}")
+                               for i, (layers, size) in enumerate(stack)]
             self.sampler_params = {
                 k: tf.Variable(v, trainable=False, name=k) for k, v in sampler_params.items()
             }
@@ -70,7 +73,9 @@ def export_module(model):
         ])
         def sample(self, *args):
             params = {k: tf.convert_to_tensor(v) for k, v in self.sampler_params.items()}
-            z = codes_from_noise(params, {n.name: a for n, a in zip(noise, args, strict=True)})
+            inputs = {n.name: a for n, a in zip(noise, args, strict=True)}
+            nets = [lambda h, net=net: net(h, training=False) for net in self.stack_nets]
+            z = codes_from_noise(params, inputs, nets)
             return {"image": tf.identity(self._decode(z), name="image")}
 
         @tf.function(input_signature=[tf.TensorSpec([None, dim], tf.float32, name="x")])
@@ -92,7 +97,8 @@ def _info(model, module, decoder_head, encoder_outputs, noise, sampler_params) -
         "noise": noise,
         "weights": {
             "decode": decoder_weights,
-            "sample": decoder_weights + count_weights(module.sampler_params.values()),
+            "sample": decoder_weights + count_weights(module.sampler_params.values())
+            + sum(count_weights(net.weights) for net in module.stack_nets),
             "encode": count_weights(module.encoder_net.weights),
         },
         "prior": model.prior_description(sampler_params),

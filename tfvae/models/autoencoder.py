@@ -349,7 +349,7 @@ class Autoencoder(LatentVariableModel):
         return mixture.sampler_arrays()
 
     @staticmethod
-    def codes_from_noise(params, inputs):
+    def codes_from_noise(params, inputs, nets=()):
         # Inverse CDF over the cumulative weights picks k; z = mu_k + L_k eps.
         u = order_key(inputs["u"])  # [n]
         bounds = params["cum_keys"]  # [K-1]: first K-1 cumulative weights as int32 keys

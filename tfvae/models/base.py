@@ -62,6 +62,10 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         or ``shared`` (one free scale).
       obs_components: logistic components per pixel and channel (logistic likelihood).
       levels: values per pixel and channel of discrete data (256 for 8-bit).
+      activation: nonlinearity of the hidden dense layers (``relu``,
+        ``leaky_relu``, ``tanh``).
+      center_input: the encoder subtracts a stored mean from its input (set
+        with :meth:`init_from_data`).
     """
 
     model_type = "base"
@@ -81,6 +85,8 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         obs_scale: str = "decoder",
         obs_components: int = 1,
         levels: int = 256,
+        activation: str = "relu",
+        center_input: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -109,6 +115,11 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         self.obs_scale = str(obs_scale)
         self.obs_components = int(obs_components)
         self.levels = int(levels)
+        if activation not in networks.ACTIVATIONS:
+            raise ConfigError(f"unknown activation {activation!r}; choose one of: "
+                              f"{', '.join(networks.ACTIVATIONS)}")
+        self.activation = activation
+        self.center_input = bool(center_input)
         # KL weight for warm-up (Bowman et al. 2016); 1 gives the ELBO. Kept in a
         # non-trainable variable so a callback can change it without retracing.
         self.kl_weight = tf.Variable(1.0, trainable=False, name="kl_weight")
@@ -129,7 +140,8 @@ class LatentVariableModel(TrainingSteps, keras.Model):
     def _build_encoder(self, head):
         """``x -> q(z|x)`` (or a code) ending in ``head`` from a ``networks.*_head``."""
         return networks.build_encoder(
-            self.input_dim, self.hidden, head, arch=self.arch, image_shape=self.image_shape
+            self.input_dim, self.hidden, head, arch=self.arch, image_shape=self.image_shape,
+            activation=self.activation, center=self.center_input,
         )
 
     def _build_decoder(self):
@@ -140,7 +152,34 @@ class LatentVariableModel(TrainingSteps, keras.Model):
                                    self.obs_scale, self.obs_components, self.levels),
             arch=self.arch,
             image_shape=self.image_shape,
+            activation=self.activation,
         )
+
+    @property
+    def prior_variables(self) -> list:
+        """Trainable variables of the prior (a ``prior_optimizer`` of compile trains them)."""
+        return []
+
+    def init_from_data(self, mean, center: bool = True, output_bias: bool = True) -> None:
+        """Data-dependent start (DisARM's ``--demean_input`` and ``--initialize_with_bias``).
+
+        Args:
+          mean: the training data's mean ``[D]``, as the model sees the data.
+          center: store it in the encoder's input centring (``center_input=True``).
+          output_bias: start the decoder's output bias at the mean (the logit of
+            it for Bernoulli pixels); dense (mlp) decoders only.
+        """
+        mean = np.asarray(mean, np.float32).reshape(self.input_dim)
+        if center:
+            if not self.center_input:
+                raise ConfigError("centring needs a model built with center_input=True")
+            self.encoder.get_layer("center").mean.assign(mean)
+        if output_bias:
+            last = self.decoder.layers[-2]
+            if not isinstance(last, keras.layers.Dense):
+                raise ConfigError("the output bias can be set from data for mlp decoders only; "
+                                  "use --arch mlp or leave out --output-bias-from-data")
+            last.bias.assign(self.decoder.layers[-1].initial_bias(mean))
 
     def prior(self):
         """The prior ``p(z)``: a distribution with event shape ``[latent]``."""
@@ -242,13 +281,24 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         """The prior's parameters the sampler needs, as numpy arrays (exported as constants)."""
         return {}
 
+    @property
+    def sampler_networks(self) -> list:
+        """Networks the sampler runs between noise and code (a layered prior's); none here."""
+        return []
+
+    @property
+    def inference_variables(self) -> list:
+        """Trainable variables of the inference networks (what estimators' scores reach)."""
+        return self.encoder.trainable_variables
+
     @staticmethod
-    def codes_from_noise(params: dict, inputs: dict):
+    def codes_from_noise(params: dict, inputs: dict, nets=()):
         """Codes ``z`` ``[n, latent]`` from noise: TensorFlow ops only (exported as is).
 
         Args:
           params: :meth:`sampler_params` as tensors.
           inputs: noise tensors by name (:meth:`noise_inputs`).
+          nets: :attr:`sampler_networks` (or their exported copies).
         """
         raise NotImplementedError
 
@@ -261,7 +311,7 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         """Codes for numpy noise from :meth:`draw_noise` (a tensor ``[n, latent]``)."""
         params = {k: tf.constant(v) for k, v in self.sampler_params().items()}
         inputs = {k: tf.convert_to_tensor(np.asarray(v, np.float32)) for k, v in inputs.items()}
-        return self.codes_from_noise(params, inputs)
+        return self.codes_from_noise(params, inputs, self.sampler_networks)
 
     def draw_noise(self, n: int, seed: int | None = None) -> dict[str, np.ndarray]:
         """The sampler's noise for ``n`` samples, drawn with ``numpy.random.default_rng(seed)``."""
@@ -328,6 +378,8 @@ class LatentVariableModel(TrainingSteps, keras.Model):
             "obs_scale": self.obs_scale,
             "obs_components": self.obs_components,
             "levels": self.levels,
+            "activation": self.activation,
+            "center_input": self.center_input,
             "name": self.name,
         }
 

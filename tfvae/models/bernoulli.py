@@ -131,6 +131,10 @@ class BernoulliVAE(LatentVariableModel):
             return tf.zeros([self.latent_dim], tf.float32)
         return tf.convert_to_tensor(self._prior_logits)
 
+    @property
+    def prior_variables(self) -> list:
+        return [] if self._prior_logits is None else [self._prior_logits]
+
     def prior(self):
         return tfd.Independent(
             tfd.Bernoulli(logits=self.prior_logits(), dtype=tf.float32),
@@ -244,7 +248,7 @@ class BernoulliVAE(LatentVariableModel):
         return {"prior_keys": probs.view(np.int32)}
 
     @staticmethod
-    def codes_from_noise(params, inputs):
+    def codes_from_noise(params, inputs, nets=()):
         # z_i = 1 with probability p_i: u < p_i, compared as int32 keys (see order_key).
         return tf.cast(order_key(inputs["u"]) < params["prior_keys"], tf.float32)
 

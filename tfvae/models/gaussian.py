@@ -64,7 +64,7 @@ class GaussianVAE(LatentVariableModel):
         return (Noise("eps", (self.latent_dim,), "normal"),)
 
     @staticmethod
-    def codes_from_noise(params, inputs):
+    def codes_from_noise(params, inputs, nets=()):
         return inputs["eps"]  # [n, latent]: the prior is N(0, I)
 
     @staticmethod

@@ -33,7 +33,8 @@ class TrainingSteps:
     and ``input_dim``.
     """
 
-    def compile(self, optimizer="adam", steps_per_execution=None, jit_compile=None, **kwargs):
+    def compile(self, optimizer="adam", steps_per_execution=None, jit_compile=None,
+                prior_optimizer=None, **kwargs):
         """Keras ``compile`` with the defaults that measured fastest for this model.
 
         ``steps_per_execution`` defaults to :data:`STEPS_PER_EXECUTION` and
@@ -42,7 +43,11 @@ class TrainingSteps:
         with ``steps_per_execution=N`` batch callbacks run every N batches.
         Pass ``steps_per_execution=1`` or ``jit_compile=False`` for Keras' own
         defaults. The loss is the model's own: do not pass one.
+
+        ``prior_optimizer`` (e.g. ``tfvae.keras.optimizers.SGD(1e-2)``) trains
+        the model's ``prior_variables`` (a learned prior) apart from the rest.
         """
+        self.prior_optimizer = prior_optimizer
         if steps_per_execution is None:
             steps_per_execution = STEPS_PER_EXECUTION
         if jit_compile is None:
@@ -138,7 +143,13 @@ class TrainingSteps:
             # Under a strategy this replica's share of the global-batch mean.
             scaled = distribute.replica_share(loss)
         grads = tape.gradient(scaled, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables, strict=True))
+        pairs = list(zip(grads, self.trainable_variables, strict=True))
+        separate = getattr(self, "prior_optimizer", None)
+        if separate is not None and self.prior_variables:
+            own = {id(v) for v in self.prior_variables}
+            separate.apply_gradients([(g, v) for g, v in pairs if id(v) in own])
+            pairs = [(g, v) for g, v in pairs if id(v) not in own]
+        self.optimizer.apply_gradients(pairs)
         return loss, values
 
     def train_step(self, data):
@@ -177,6 +188,8 @@ class TrainingSteps:
         full = rows // batch
         with tf.init_scope():
             self.optimizer.build(self.trainable_variables)
+            if getattr(self, "prior_optimizer", None) is not None and self.prior_variables:
+                self.prior_optimizer.build(self.prior_variables)
         self._run_block(block, full, packed)
         flat = tf.reshape(block, [-1, block.shape[-1]])
 

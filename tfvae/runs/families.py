@@ -1,0 +1,174 @@
+"""What a run directory does for each model family, in one registry.
+
+The models know nothing of run folders: this module says, per ``--model``,
+which class to build with which ``Config`` fields, what extra files to save
+and load next to the weights, what to fit after training and which extra
+figures to draw. Adding a model family is its model class plus one
+:class:`Family` entry in :data:`FAMILIES` (and its line in
+:data:`tfvae.options.MODELS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tfvae import files, options
+from tfvae.errors import ConfigError, RunDirError
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """How runs treat one model family.
+
+    Attributes:
+      model_class: ``"module:Class"`` of the Keras model (imported when used).
+      config_fields: ``Config`` fields passed to the constructor besides
+        :data:`tfvae.config.MODEL_FIELDS`.
+      extra_files: files saved next to the weights (names in the run directory).
+      save_extras: ``(model, run_dir)`` writes them (None: nothing to save).
+      load_extras: ``(model, run_dir)`` reads them back.
+      post_fit: ``(model, x_train, seed)`` fitted after training on the
+        training rows as the model saw them (None: nothing to fit).
+      figures: ``(model, folder, x_test) -> [paths]`` extra figures.
+      note: ``config -> str | None``: a remark written into ``evaluation.json``.
+      estimators: the family trains with :mod:`tfvae.estimators` (``tfvae diagnose``).
+    """
+
+    model_class: str
+    config_fields: tuple[str, ...] = ()
+    extra_files: tuple[str, ...] = ()
+    save_extras: Callable | None = None
+    load_extras: Callable | None = None
+    post_fit: Callable | None = None
+    figures: Callable | None = None
+    note: Callable | None = None
+    estimators: bool = False
+
+    def cls(self):
+        module, name = self.model_class.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def build(self, config):
+        """An untrained model from a Config whose data fields are set."""
+        kwargs = config.model_kwargs()
+        kwargs.update({name: getattr(config, name) for name in self.config_fields})
+        return self.cls()(**kwargs)
+
+
+# ------------------------------------------------------------ ae-gmm extras
+
+PROPOSAL_FILE = "proposal.json"
+
+
+def _save_mixture(model, run_dir) -> None:
+    model.check_ready()
+    model.mixture.save(run_dir)
+    files.atomic_write_json(
+        Path(run_dir) / PROPOSAL_FILE,
+        {"scale": [float(v) for v in model.proposal_scale], **(model.proposal_info or {})},
+    )
+
+
+def _load_mixture(model, run_dir) -> None:
+    from tfvae.gmm import JSON_NAME, NPZ_NAME, GMMSampler
+
+    run_dir = Path(run_dir)
+    for name in (JSON_NAME, NPZ_NAME, PROPOSAL_FILE):
+        if not (run_dir / name).exists():
+            raise RunDirError(
+                f"{run_dir / name} is missing: the autoencoder's latent mixture is "
+                "incomplete; refit it with model.post_fit(x_train) and save it again"
+            )
+    sampler = GMMSampler.load(run_dir)
+    if sampler.latent_dim != model.latent_dim:
+        raise RunDirError(
+            f"{run_dir / NPZ_NAME} holds a mixture over {sampler.latent_dim}-D codes "
+            f"but the model's latent_dim is {model.latent_dim}"
+        )
+    path = run_dir / PROPOSAL_FILE
+    info = files.read_json(path, "importance proposal")
+    if not isinstance(info, dict) or "scale" not in info:
+        raise RunDirError(f"{path} is corrupt: it has no 'scale' list")
+    try:
+        model.set_proposal(info["scale"], {k: v for k, v in info.items() if k != "scale"})
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise RunDirError(f"{path} is corrupt: {exc}") from None
+    model.mixture = sampler
+
+
+def _mixture_figures(model, folder, x_test) -> list:
+    from tfvae import figures
+
+    mixture = model.mixture
+    folder = Path(folder)
+    columns = 10
+    rows = [model.sample_component(c, columns, seed=c) for c in range(mixture.num_components)]
+    paths = [figures.save_grid(
+        folder / "component_samples.png", np.concatenate(rows), model.image_shape,
+        f"mixture samples, one row per component (K={mixture.num_components})",
+        columns=columns,
+    )]
+    if model.latent_dim == 2:
+        codes = model.encode_numpy(np.asarray(x_test)[:2000])
+        ellipses = list(zip(mixture.means, mixture.covariances, strict=True))
+        paths.append(figures.save_latent_scatter(
+            folder / "clusters.png", codes, mixture.predict(codes),
+            title=f"clusters of test codes, latent size 2 (K={mixture.num_components})",
+            ellipses=ellipses,
+        ))
+    return paths
+
+
+def _bernoulli_note(config) -> str | None:
+    objective = options.ESTIMATORS[config.estimator].objective
+    if objective == "elbo":
+        return None
+    return f"trained with {config.estimator}, which targets the {objective}, not the ELBO"
+
+
+#: ``--model`` -> :class:`Family`; keys match :data:`tfvae.options.MODELS`.
+FAMILIES = {
+    "gaussian": Family("tfvae.models.gaussian:GaussianVAE"),
+    "bernoulli": Family(
+        "tfvae.models.bernoulli:BernoulliVAE",
+        config_fields=("estimator", "baseline_decay", "num_samples", "learn_prior"),
+        note=_bernoulli_note,
+        estimators=True,
+    ),
+    "sbn": Family(
+        "tfvae.models.stacked:StackedBernoulliVAE",
+        config_fields=("stochastic_layers", "estimator", "baseline_decay", "num_samples",
+                       "learn_prior"),
+        note=_bernoulli_note,
+        estimators=True,
+    ),
+    "ae-gmm": Family(
+        "tfvae.models.autoencoder:Autoencoder",
+        config_fields=("components", "covariance"),
+        extra_files=("gmm.npz", "gmm.json", PROPOSAL_FILE),
+        save_extras=_save_mixture,
+        load_extras=_load_mixture,
+        post_fit=lambda model, x, seed: model.post_fit(x, seed=seed),
+        figures=_mixture_figures,
+    ),
+}
+
+
+def family(name: str) -> Family:
+    """The :class:`Family` called ``name``; RunDirError naming the choices otherwise."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise RunDirError(
+            f"unknown model {name!r}; this tfvae knows {', '.join(FAMILIES)}"
+        ) from None
+
+
+def family_of(model) -> Family:
+    """The :class:`Family` of a model instance (by its ``model_type``)."""
+    return family(model.model_type)

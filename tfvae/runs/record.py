@@ -1,0 +1,160 @@
+"""The training record of a run and the files derived from it.
+
+``checkpoints/resume.json`` is the one authoritative record of training
+progress: the last completed epoch, the prefix of its full training state,
+the metric history and the best epoch. Each epoch writes, in this order, the
+state, the ``last``/``best`` weights, then the record (the commit point),
+then the derived files (``metrics.csv``, ``metrics.json``, ``run.json``). A
+crash between the record and the derived files leaves them one epoch behind;
+they are rewritten from the record when the run resumes.
+
+A record read back is validated before anything trusts it: keys and types,
+a state prefix confined to this run's own ``checkpoints/state/`` and naming
+the recorded epoch, a history as long as the epoch count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from tfvae import files
+from tfvae.errors import RunDirError
+from tfvae.runs import layout
+from tfvae.utils import versions
+
+#: Columns that lead ``metrics.csv``, in this order; the metrics follow, sorted.
+LEADING_COLUMNS = ("epoch", "seconds")
+_KEYS = ("epoch", "prefix", "history", "best", "best_epoch", "monitor")
+_MONITORS = ("loss", "val_loss")
+
+
+@dataclasses.dataclass
+class Record:
+    """Training progress after the last completed epoch.
+
+    Attributes:
+      epoch: completed epochs (>= 1).
+      prefix: the full training state, ``state/epoch-NNNN`` under ``checkpoints/``.
+      history: one dict of metrics per completed epoch (``epoch`` 1, 2, ...).
+      best: the best monitored value so far (``inf`` before any).
+      best_epoch: the epoch of ``best`` (None before any).
+      monitor: ``val_loss`` with a validation split, ``loss`` without.
+    """
+
+    epoch: int
+    prefix: str
+    history: list
+    best: float
+    best_epoch: int | None
+    monitor: str
+
+    @staticmethod
+    def prefix_for(epoch: int) -> str:
+        return f"{layout.STATE}/epoch-{epoch:04d}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _invalid(path: Path, what: str) -> RunDirError:
+    return RunDirError(
+        f"{path} is not a valid training record: {what}. It was edited or damaged; restore "
+        "it from a backup, or start a new run (completed epochs cannot be trusted without it)"
+    )
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_history(path, history, epoch):
+    if not isinstance(history, list) or len(history) != epoch:
+        raise _invalid(path, f"'history' must list one entry per completed epoch ({epoch})")
+    for i, row in enumerate(history):
+        if not isinstance(row, dict) or row.get("epoch") != i + 1:
+            raise _invalid(path, f"history entry {i} is not the metrics of epoch {i + 1}")
+        bad = [k for k, v in row.items() if not _number(v)]
+        if bad:
+            raise _invalid(path, f"history entry {i} holds non-numbers under {bad}")
+
+
+def validate(data, run_dir) -> Record:
+    """A :class:`Record` from the JSON of ``resume.json``, or RunDirError saying what is wrong."""
+    run_dir = Path(run_dir)
+    path = run_dir / layout.CHECKPOINTS / layout.RESUME
+    if not isinstance(data, dict):
+        raise _invalid(path, f"it holds a {type(data).__name__}, not a JSON object")
+    missing = [k for k in _KEYS if k not in data]
+    if missing:
+        raise _invalid(path, f"it lacks {missing}")
+    epoch = data["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise _invalid(path, f"'epoch' must be a positive integer, got {epoch!r}")
+    expected = Record.prefix_for(epoch)
+    if data["prefix"] != expected:
+        raise _invalid(path, f"'prefix' is {data['prefix']!r}; the state of epoch {epoch} is "
+                             f"{expected!r} in this run's {layout.CHECKPOINTS}/")
+    state = layout.inside(run_dir, f"{layout.CHECKPOINTS}/{expected}.index")
+    if not state.is_file():
+        raise _invalid(path, f"the training state of epoch {epoch} ({state.name}) is missing")
+    _check_history(path, data["history"], epoch)
+    best, best_epoch = data["best"], data["best_epoch"]
+    if best is None:
+        best = math.inf
+    if not _number(best) or math.isnan(best):
+        raise _invalid(path, f"'best' must be a number, got {best!r}")
+    if best_epoch is not None and (isinstance(best_epoch, bool) or not isinstance(best_epoch, int)
+                                   or not 1 <= best_epoch <= epoch):
+        raise _invalid(path, f"'best_epoch' must be an epoch in 1..{epoch}, got {best_epoch!r}")
+    if data["monitor"] not in _MONITORS:
+        raise _invalid(path, f"'monitor' must be one of {_MONITORS}, got {data['monitor']!r}")
+    return Record(epoch, expected, data["history"], float(best), best_epoch, data["monitor"])
+
+
+def read(run_dir) -> Record | None:
+    """The run's validated record, or None when no epoch has completed."""
+    path = Path(run_dir) / layout.CHECKPOINTS / layout.RESUME
+    if not path.exists():
+        return None
+    return validate(files.read_json(path, "training record"), run_dir)
+
+
+def write(run_dir, record: Record) -> None:
+    """Commits an epoch: writes ``resume.json`` atomically."""
+    files.atomic_write_json(Path(run_dir) / layout.CHECKPOINTS / layout.RESUME, record.to_dict())
+
+
+def write_metrics(run_dir, history: list) -> None:
+    """``metrics.json`` and ``metrics.csv`` (``epoch`` first, then ``seconds``, then sorted)."""
+    run_dir = Path(run_dir)
+    files.atomic_write_json(run_dir / layout.METRICS_JSON, history)
+    names = sorted({k for row in history for k in row} - set(LEADING_COLUMNS))
+    columns = [c for c in LEADING_COLUMNS if any(c in row for row in history)] + names
+    lines = [",".join(columns)] + [
+        ",".join(repr(row[c]) if c in row else "" for c in columns) for row in history
+    ]
+    files.atomic_write_text(run_dir / layout.METRICS_CSV, "\n".join(lines) + "\n")
+
+
+def write_status(run_dir, config, status: str, record: Record | None, **extra) -> dict:
+    """Writes ``run.json``: ``status`` plus what the record says; returns it."""
+    data = {
+        "status": status,
+        "model": config.model,
+        "epochs_completed": 0 if record is None else record.epoch,
+        "epochs_planned": config.epochs,
+        "best_epoch": None if record is None else record.best_epoch,
+        "monitor": None if record is None else record.monitor,
+        "versions": versions(),
+        **extra,
+    }
+    files.atomic_write_json(Path(run_dir) / layout.STATUS, data)
+    return data
+
+
+def read_status(run_dir) -> dict:
+    """``run.json``, or an empty dict for a run that has none yet."""
+    path = Path(run_dir) / layout.STATUS
+    return files.read_json(path, "run status") if path.is_file() else {}
