@@ -39,8 +39,8 @@ class Estimator:
 MODELS = {
     "gaussian": "Gaussian-latent VAE, reparameterized (z = mu + sigma * eps)",
     "bernoulli": "Bernoulli-latent VAE trained with a score-function estimator",
-    "ae-gmm": "autoencoder with a Gaussian mixture fitted to its codes",
     "sbn": "sigmoid belief network: several layers of binary units, local learning signals",
+    "ae-gmm": "autoencoder with a Gaussian mixture fitted to its codes",
 }
 
 #: ``--estimator``: Bernoulli-latent gradient estimators (``tfvae.estimators.ESTIMATORS``).

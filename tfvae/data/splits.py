@@ -202,6 +202,10 @@ def data_warnings(ds: DataSet, likelihood: str) -> list[str]:
     return found
 
 
+def _labels(ds, idx):
+    return None if ds.y_train is None or idx is None else ds.y_train[idx]
+
+
 def prepare(
     ds,
     likelihood: str = "bernoulli",
@@ -249,16 +253,12 @@ def prepare(
     # All rows and no validation: no fancy-indexed copy of the training split.
     take_idx = None if val_idx is None else train_idx
     train, val, test, levels = mode.split(ds, take_idx, val_idx)
-
-    def labels(idx):
-        return None if ds.y_train is None or idx is None else ds.y_train[idx]
-
     return Splits(
         train=train,
         val=val,
         test=test,
-        y_train=ds.y_train if take_idx is None else labels(take_idx),
-        y_val=labels(val_idx),
+        y_train=ds.y_train if take_idx is None else _labels(ds, take_idx),
+        y_val=_labels(ds, val_idx),
         y_test=ds.y_test,
         train_mode=mode.name,
         levels=levels,
