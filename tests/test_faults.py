@@ -57,6 +57,7 @@ def test_interrupt_while_loading_data_writes_nothing(tmp_path, monkeypatch):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_interrupt_during_final_evaluation_then_resume_finishes_it(tmp_path, monkeypatch):
     import tfvae.evaluation
 
@@ -152,6 +153,7 @@ def test_resume_with_fewer_epochs_than_done_says_so(one_epoch):
 # ------------------------------------------------------------------ one writer
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_lock(one_epoch, tmp_path):
     import shutil
 
@@ -199,6 +201,7 @@ def test_two_new_runs_into_one_folder_exactly_one_proceeds(tmp_path):
 # ------------------------------------------------------------------ full disk
 
 
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_last_good_epoch(tmp_path, monkeypatch):
     import tfvae.callbacks
 

@@ -200,6 +200,7 @@ def test_a_folder_of_images_is_read_file_by_file(photo_folder):
         data.prepare(ds, likelihood="bernoulli", binarize="static")
 
 
+@pytest.mark.slow
 def test_a_folder_trains_on_keras_loop_from_the_command_line(photo_folder, tmp_path):
     from click.testing import CliRunner
     from tfvae_cli.main import cli
@@ -228,6 +229,7 @@ def test_flat_rows_take_an_image_shape(patches, tmp_path):
         load_data(tfvae.Config(data_dir=str(tmp_path / "flat.npy"), image_shape="32,32,2"))
 
 
+@pytest.mark.slow
 def test_an_unused_code_gives_a_warning(tmp_path):
     one = (np.random.default_rng(0).random(16) < 0.5).astype(np.float32)
     x = np.tile(one, (200, 1))  # every image the same: nothing for a code to tell apart

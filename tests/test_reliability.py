@@ -152,6 +152,7 @@ def test_a_planted_pickle_is_refused_not_executed(tmp_path, tiny_run):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_deterministic_switch_gives_identical_metrics(tmp_path):
     kwargs = dict(epochs=1, hidden=(16,), latent_dim=2, iwae_k=3, verbose=0, figures=False,
                   deterministic=True, seed=5)

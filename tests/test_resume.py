@@ -16,6 +16,7 @@ from tfvae.errors import RunDirError
 SMALL = dict(hidden=(32,), latent_dim=2, iwae_k=5, verbose=0, figures=False)
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_epoch(tmp_path):
     out = tmp_path / "run"
     tfvae.train(out=out, epochs=2, **SMALL)
@@ -45,6 +46,7 @@ def test_resume_continues_from_the_last_epoch(tmp_path):
         tfvae.train(resume=out, epochs=4, lr=0.1)
 
 
+@pytest.mark.slow
 def test_a_run_with_no_completed_epoch_starts_again_on_resume(tmp_path):
     out = tmp_path / "fresh"
     (out / "checkpoints" / "state").mkdir(parents=True)
