@@ -129,6 +129,10 @@ def main():
     # matrix products markedly faster (benchmarks/user_fit.py). The variable
     # must be set before TensorFlow is imported; a user's own value wins.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    # tfvae uses Keras 2 (tf_keras) only. Without this, `import tensorflow`
+    # also imports Keras 3 (and scikit-learn through it) for `tf.keras`:
+    # about 3 s of the command's start-up on 2 cores, for nothing.
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     cli(prog_name="tfvae")
 
 
