@@ -152,7 +152,8 @@ class Config:
         "tensorflow-datasets name (mnist, fashion_mnist, binarized_mnist, kmnist...).",
         show_default=False)
     data_dir: str | None = _option(
-        None, "A directory of MNIST-format IDX .gz files, or one .npz or .npy file.",
+        None, "A directory of MNIST-format IDX .gz files, one .npz or .npy file, or a "
+        "folder of PNG/JPEG images (sub-folders as labels).",
         kind="path")
     tfds_data_dir: str | None = _option(
         None, "tensorflow-datasets data directory holding prepared data sets.", kind="path")
@@ -184,7 +185,8 @@ class Config:
     val_order: str = _option("random", "Which training examples are held out.",
                              choices=options.VAL_ORDERS)
     center_input: bool = _option(
-        False, "Subtract the training mean from the encoder's input (a saved model weight).",
+        False, "Subtract the training mean from the encoder's input (a saved model weight); "
+        "networks reading binary codes see 2z-1.",
         flag="--center-input")
     output_bias_from_data: bool = _option(
         False, "Start the decoder's output bias at the training mean (the logit of it for "
@@ -211,8 +213,9 @@ class Config:
     estimator: str = _option("ema", "Gradient estimator (bernoulli and sbn models).",
                              choices=options.ESTIMATORS)
     baseline_decay: float = _option(
-        0.9, "Moving-average baseline decay (bernoulli model, ema and nvil).")
-    num_samples: int = _option(4, "Samples per example for rloo / vimco (bernoulli model).")
+        0.9, "Moving-average baseline decay (bernoulli and sbn models, ema and nvil).")
+    num_samples: int = _option(
+        4, "Samples per example for rloo / vimco (bernoulli and sbn models).")
     learn_prior: bool = _option(False, "Learned prior logits (bernoulli and sbn models).",
                                 flag="--learn-prior/--fixed-prior")
     stochastic_layers: int = _option(2, "Layers of --latent-dim binary units (sbn model).")

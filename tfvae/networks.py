@@ -92,15 +92,28 @@ def _conv_levels(image_shape) -> int:
     return levels
 
 
+def signed() -> layers.Layer:
+    """Binary inputs ``{0, 1}`` as ``{-1, +1}`` (``2 b - 1``): a centred binary code.
+
+    What the DisARM code's ``--demean_input`` does to the inputs of the networks
+    that read binary units (its decoder's and upper layers'); no weights.
+    """
+    return layers.Rescaling(2.0, offset=-1.0, name="signed")
+
+
 def encoder_body(input_dim: int, hidden, arch: str = "mlp", image_shape=None,
-                 activation: str = "relu", center: bool = False) -> list:
+                 activation: str = "relu", center: bool = False,
+                 binary_input: bool = False) -> list:
     """Layers mapping a flat image to features (before the distribution parameters).
 
     ``center`` starts with a :class:`Center` layer (the training mean, set
-    from data, is subtracted from the input).
+    from data, is subtracted from the input); with ``binary_input`` (binary
+    units as input) centring is :func:`signed` instead.
     """
     body = [layers.InputLayer(input_shape=(input_dim,))]
-    if center:
+    if center and binary_input:
+        body.append(signed())
+    elif center:
         body.append(Center(input_dim, name="center"))
     if arch == "conv":
         levels = _conv_levels(image_shape)
@@ -116,15 +129,18 @@ def encoder_body(input_dim: int, hidden, arch: str = "mlp", image_shape=None,
 
 def decoder_body(
     latent_dim: int, hidden, output_size: int, arch: str = "mlp", image_shape=None,
-    activation: str = "relu",
+    activation: str = "relu", signed_code: bool = False,
 ) -> list:
     """Layers mapping a latent code to ``output_size`` distribution parameters.
 
     The parameters come as ``P`` consecutive blocks of ``D`` values
     (``output_size = P * D``), each block a flattened channel-last image, as
-    the heads' ``params_size`` layouts expect.
+    the heads' ``params_size`` layouts expect. ``signed_code`` reads a binary
+    code as ``2 z - 1`` (:func:`signed`).
     """
     body = [layers.InputLayer(input_shape=(latent_dim,))]
+    if signed_code:
+        body.append(signed())
     body += [layer for units in hidden for layer in _dense(units, activation)]
     if arch == "conv":
         levels = _conv_levels(image_shape)
@@ -151,7 +167,7 @@ def decoder_body(
 
 
 def build_encoder(input_dim, hidden, head, arch="mlp", image_shape=None, name="encoder",
-                  activation="relu", center=False):
+                  activation="relu", center=False, binary_input=False):
     """Encoder ``x -> q(z|x)`` as a Sequential ending in a distribution layer.
 
     Args:
@@ -162,10 +178,11 @@ def build_encoder(input_dim, hidden, head, arch="mlp", image_shape=None, name="e
       arch: ``"mlp"`` or ``"conv"``.
       image_shape: ``(H, W, C)``, needed by ``conv``.
       activation: a key of :data:`ACTIVATIONS` for the hidden dense layers.
-      center: subtract the training mean from the input first (:class:`Center`).
+      center: subtract the training mean from the input first (:class:`Center`),
+        or with ``binary_input`` read the binary input as ``2 b - 1``.
     """
     params_size, head_layer = head
-    body = encoder_body(input_dim, hidden, arch, image_shape, activation, center)
+    body = encoder_body(input_dim, hidden, arch, image_shape, activation, center, binary_input)
     body.append(layers.Dense(params_size))
     if head_layer is not None:
         body.append(head_layer)
@@ -173,10 +190,14 @@ def build_encoder(input_dim, hidden, head, arch="mlp", image_shape=None, name="e
 
 
 def build_decoder(latent_dim, hidden, head, arch="mlp", image_shape=None, name="decoder",
-                  activation="relu"):
-    """Decoder ``z -> p(x|z)`` as a Sequential ending in a distribution layer."""
+                  activation="relu", signed_code=False):
+    """Decoder ``z -> p(x|z)`` as a Sequential ending in a distribution layer.
+
+    ``signed_code``: the code is binary and read as ``2 z - 1`` (:func:`signed`).
+    """
     params_size, head_layer = head
-    body = decoder_body(latent_dim, hidden, params_size, arch, image_shape, activation)
+    body = decoder_body(latent_dim, hidden, params_size, arch, image_shape, activation,
+                        signed_code)
     if head_layer is not None:
         body.append(head_layer)
     return keras.Sequential(body, name=name)

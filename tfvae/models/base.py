@@ -65,10 +65,14 @@ class LatentVariableModel(TrainingSteps, keras.Model):
       activation: nonlinearity of the hidden dense layers (``relu``,
         ``leaky_relu``, ``tanh``).
       center_input: the encoder subtracts a stored mean from its input (set
-        with :meth:`init_from_data`).
+        with :meth:`init_from_data`); for binary codes (``binary_code``) the
+        networks that read them see ``2 z - 1``, as the DisARM code's
+        ``--demean_input`` does.
     """
 
     model_type = "base"
+    #: The code is binary units (the networks reading it centre it with ``center_input``).
+    binary_code = False
     #: Names of the metric trackers (what training reports).
     metric_names: tuple[str, ...] = BASE_METRICS
 
@@ -153,6 +157,7 @@ class LatentVariableModel(TrainingSteps, keras.Model):
             arch=self.arch,
             image_shape=self.image_shape,
             activation=self.activation,
+            signed_code=self.center_input and self.binary_code,
         )
 
     @property

@@ -63,6 +63,7 @@ class BernoulliVAE(LatentVariableModel):
     """
 
     model_type = "bernoulli"
+    binary_code = True
     metric_names = BASE_METRICS + ("baseline", "signal_mean", "signal_std")
 
     def __init__(

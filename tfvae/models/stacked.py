@@ -59,6 +59,7 @@ class StackedBernoulliVAE(LatentVariableModel):
     """
 
     model_type = "sbn"
+    binary_code = True
     metric_names = BASE_METRICS + ("baseline", "signal_mean", "signal_std")
 
     def __init__(self, *args, stochastic_layers: int = 2, estimator: str = "ema",
@@ -97,7 +98,8 @@ class StackedBernoulliVAE(LatentVariableModel):
 
         def net(size_in, sizes, name):  # z -> logits, no distribution head
             return networks.build_encoder(size_in, sizes, (k, None), name=name,
-                                          activation=self.activation)
+                                          activation=self.activation, center=self.center_input,
+                                          binary_input=True)
 
         upper = range(2, self.stochastic_layers + 1)
         self.upper_encoders = [net(k, self.hidden, f"encoder_{i}") for i in upper]
