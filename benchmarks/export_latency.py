@@ -49,6 +49,7 @@ def main(argv=None):
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the tfvae command does
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf.keras is tf_keras, as in the command
     import tensorflow as tf
 
     # One thread everywhere: LiteRT num_threads=1 and TensorFlow's pools.

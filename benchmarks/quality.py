@@ -138,6 +138,7 @@ def run_peer(args, model: str, latent: int, seed: int) -> dict:
 def main():
     # As the tfvae command does (cli/main.py): oneDNN kernels on unless the user says.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf.keras is tf_keras, as in the command
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--models", nargs="+", default=["gaussian"], choices=list(SETUPS))
