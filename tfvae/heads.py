@@ -124,8 +124,31 @@ class NormalHead(tfpl.IndependentNormal):
         return tf.split(params, 2, axis=-1)[0]
 
 
+def _scale(raw, min_scale):
+    """A positive scale from an unconstrained parameter, with a floor."""
+    return min_scale + tf.math.softplus(raw)
+
+
+class _NormalPixels(tfpl.DistributionLambda):
+    """Independent Normal over ``event_size`` pixels with a scale floor: what
+    :class:`PixelNormal` and :class:`DecoderNormal` share (``_make`` differs)."""
+
+    discrete = False
+    MEAN_MEANING = "means"
+
+    def __init__(self, event_size: int, min_scale: float = 1e-3, **kwargs):
+        for key in ("make_distribution_fn", "convert_to_tensor_fn", "function"):
+            kwargs.pop(key, None)
+        super().__init__(self._make, _MEAN, **kwargs)
+        self.event_size = int(event_size)
+        self.min_scale = float(min_scale)
+
+    def get_config(self):
+        return _plain_config(self, event_size=self.event_size, min_scale=self.min_scale)
+
+
 @keras.saving.register_keras_serializable(package="tfvae")
-class PixelNormal(tfpl.DistributionLambda):
+class PixelNormal(_NormalPixels):
     """Independent Normal over pixels with a learned per-pixel scale and a floor.
 
     The decoder predicts the mean; each pixel has one free scale parameter,
@@ -141,15 +164,6 @@ class PixelNormal(tfpl.DistributionLambda):
       >>> p = head(tf.zeros([2, 784]))  # Independent(Normal), batch [2], event [784]
     """
 
-    discrete = False
-    MEAN_MEANING = "means"
-
-    def __init__(self, event_size: int, min_scale: float = 1e-3, **kwargs):
-        for key in ("make_distribution_fn", "convert_to_tensor_fn", "function"):
-            kwargs.pop(key, None)
-        super().__init__(self._make, _MEAN, **kwargs)
-        self.event_size = int(event_size)
-        self.min_scale = float(min_scale)
 
     def build(self, input_shape):
         # softplus(0.5413) = 1: the scale starts near 1, as a unit Normal.
@@ -162,15 +176,13 @@ class PixelNormal(tfpl.DistributionLambda):
         super().build(input_shape)
 
     def _make(self, loc):
-        scale = self.min_scale + tf.math.softplus(self.raw_scale)
+        scale = _scale(self.raw_scale, self.min_scale)
         return tfd.Independent(tfd.Normal(loc=loc, scale=scale), reinterpreted_batch_ndims=1)
 
     @staticmethod
     def params_size(event_size: int) -> int:
         return int(event_size)
 
-    def get_config(self):
-        return _plain_config(self, event_size=self.event_size, min_scale=self.min_scale)
 
     @staticmethod
     def mean_from_params(params):
@@ -183,13 +195,8 @@ class PixelNormal(tfpl.DistributionLambda):
 
 
 
-def _scale(raw, min_scale):
-    """A positive scale from an unconstrained parameter, with a floor."""
-    return min_scale + tf.math.softplus(raw)
-
-
 @keras.saving.register_keras_serializable(package="tfvae")
-class DecoderNormal(tfpl.DistributionLambda):
+class DecoderNormal(_NormalPixels):
     """Independent Normal over pixels whose loc and scale the decoder predicts.
 
     The parameters are laid out as ``tfp.layers.IndependentNormal``'s (``D``
@@ -202,15 +209,6 @@ class DecoderNormal(tfpl.DistributionLambda):
       min_scale: lower bound on the standard deviation.
     """
 
-    discrete = False
-    MEAN_MEANING = "means"
-
-    def __init__(self, event_size: int, min_scale: float = 1e-3, **kwargs):
-        for key in ("make_distribution_fn", "convert_to_tensor_fn", "function"):
-            kwargs.pop(key, None)
-        super().__init__(self._make, _MEAN, **kwargs)
-        self.event_size = int(event_size)
-        self.min_scale = float(min_scale)
 
     def _make(self, params):
         loc, raw = tf.split(params, 2, axis=-1)
@@ -220,8 +218,6 @@ class DecoderNormal(tfpl.DistributionLambda):
     def params_size(event_size: int) -> int:
         return 2 * int(event_size)
 
-    def get_config(self):
-        return _plain_config(self, event_size=self.event_size, min_scale=self.min_scale)
 
     @staticmethod
     def mean_from_params(params):

@@ -195,13 +195,18 @@ def _stack(values):
 # ------------------------------------------------------------------ estimators
 
 
+def _draw(chain: Chain, n: int | None = None):
+    """One chain per example (``n`` per example): samples, terms and local signals."""
+    zs, logits = sample(chain, uniforms(chain, chain.sizes, n=n))
+    gen, inf, kl = terms(chain, zs, logits)
+    signals, value = _signals(chain, gen, inf, kl)
+    return zs, logits, gen, inf, kl, signals, value
+
+
 @register("reinforce")
 def reinforce(chain: Chain, state: LayerState) -> Estimate:
     """Score function per layer with local signals, no baseline."""
-    u = uniforms(chain, chain.sizes)
-    zs, logits = sample(chain, u)
-    gen, inf, kl = terms(chain, zs, logits)
-    signals, value = _signals(chain, gen, inf, kl)
+    zs, logits, gen, inf, kl, signals, value = _draw(chain)
     loss = _surrogate(chain, gen, inf, kl, logits, zs, signals)
     return Estimate(loss, gen[0], _stack(signals), tf.zeros_like(_stack(signals)), {},
                     value - gen[0])
@@ -210,10 +215,7 @@ def reinforce(chain: Chain, state: LayerState) -> Estimate:
 @register("ema")
 def ema(chain: Chain, state: LayerState) -> Estimate:
     """Per-layer moving-average baselines of the local signals (from before the batch)."""
-    u = uniforms(chain, chain.sizes)
-    zs, logits = sample(chain, u)
-    gen, inf, kl = terms(chain, zs, logits)
-    signals, value = _signals(chain, gen, inf, kl)
+    zs, logits, gen, inf, kl, signals, value = _draw(chain)
     baselines = [_first_baseline(state, layer, s) for layer, s in enumerate(signals)]
     centred = [s - b for s, b in zip(signals, baselines, strict=True)]
     loss = _surrogate(chain, gen, inf, kl, logits, zs, centred)
@@ -234,10 +236,7 @@ def nvil(chain: Chain, state: LayerState) -> Estimate:
     """NVIL with local signals: per-layer ``c_l(z_{l-1})`` and running centring."""
     if chain.baselines is None:
         raise ConfigError("nvil needs a model built with its baseline networks")
-    u = uniforms(chain, chain.sizes)
-    zs, logits = sample(chain, u)
-    gen, inf, kl = terms(chain, zs, logits)
-    signals, value = _signals(chain, gen, inf, kl)
+    zs, logits, gen, inf, kl, signals, value = _draw(chain)
     inputs = [chain.x] + zs[:-1]
     cs = [net(h) for net, h in zip(chain.baselines, inputs, strict=True)]  # [batch] each
     centred = [s - tf.stop_gradient(c) for s, c in zip(signals, cs, strict=True)]
@@ -259,10 +258,8 @@ def nvil(chain: Chain, state: LayerState) -> Estimate:
 def rloo(chain: Chain, state: LayerState) -> Estimate:
     """``k`` whole chains per example; each layer's signal baselined by the other chains'."""
     k = chain.num_samples
-    u = uniforms(chain, chain.sizes, n=k)
-    zs, logits = sample(chain, u)  # q(z_1|x) once, broadcast over the k chains
-    gen, inf, kl = terms(chain, zs, logits)  # each [k, batch]
-    signals, value = _signals(chain, gen, inf, kl)
+    # q(z_1|x) once, broadcast over the k chains; terms each [k, batch].
+    zs, logits, gen, inf, kl, signals, value = _draw(chain, n=k)
     centred = [s - (tf.reduce_sum(s, 0, keepdims=True) - s) / (k - 1.0) for s in signals]
     loss = _surrogate(chain, gen, inf, kl, logits, zs, centred)  # mean over chains and batch
     return Estimate(loss, gen[0][0], _stack(centred), _stack(signals) - _stack(centred), {},

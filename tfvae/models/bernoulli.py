@@ -18,8 +18,45 @@ from tfvae.models.base import BASE_METRICS, LatentVariableModel, order_key
 from tfvae.noise import Noise
 
 
+class BinaryPrior:
+    """The factorised Bernoulli prior of binary-code models, fixed or learned.
+
+    Shared by :class:`BernoulliVAE` and the stacked model
+    (:class:`tfvae.models.stacked.StackedBernoulliVAE`, whose top layer it is);
+    the models call :meth:`_make_prior` while building.
+    """
+
+    binary_code = True
+
+    def _make_prior(self) -> None:
+        """The prior's logits: a trainable weight with ``learn_prior``, else none (zeros)."""
+        self._prior_logits = None
+        if self.learn_prior:
+            self._prior_logits = self.add_weight(
+                name="prior_logits", shape=(self.latent_dim,), initializer="zeros",
+                trainable=True,
+            )
+
+    def prior_logits(self):
+        """Prior logits, float32 ``[latent]`` (zeros for the fixed Bernoulli(0.5) prior)."""
+        if self._prior_logits is None:
+            return tf.zeros([self.latent_dim], tf.float32)
+        return tf.convert_to_tensor(self._prior_logits)
+
+    @property
+    def prior_variables(self) -> list:
+        return [] if self._prior_logits is None else [self._prior_logits]
+
+    def prior(self):
+        """The factorised Bernoulli prior ``p(z)`` (the top layer's, for stacked models)."""
+        return tfd.Independent(
+            tfd.Bernoulli(logits=self.prior_logits(), dtype=tf.float32),
+            reinterpreted_batch_ndims=1,
+        )
+
+
 @keras.saving.register_keras_serializable(package="tfvae")
-class BernoulliVAE(LatentVariableModel):
+class BernoulliVAE(BinaryPrior, LatentVariableModel):
     """Variational autoencoder with a factorised Bernoulli (binary) latent.
 
     The encoder ends in ``tfp.layers.IndependentBernoulli`` (logits; float32
@@ -63,7 +100,6 @@ class BernoulliVAE(LatentVariableModel):
     """
 
     model_type = "bernoulli"
-    binary_code = True
     metric_names = BASE_METRICS + ("baseline", "signal_mean", "signal_std")
 
     def __init__(
@@ -106,12 +142,7 @@ class BernoulliVAE(LatentVariableModel):
                 ],
                 name="baseline_net",
             )
-        self._prior_logits = None
-        if self.learn_prior:
-            self._prior_logits = self.add_weight(
-                name="prior_logits", shape=(self.latent_dim,), initializer="zeros",
-                trainable=True,
-            )
+        self._make_prior()
         # Estimator state: non-trainable, so checkpoints keep it. Under a
         # tf.distribute strategy the updates are computed from all-reduced
         # global-batch means (identical on every replica), so the first
@@ -126,22 +157,6 @@ class BernoulliVAE(LatentVariableModel):
         self._finish_build()
 
     # ------------------------------------------------------------------ parts
-    def prior_logits(self):
-        """Prior logits, float32 ``[latent]`` (zeros for the fixed Bernoulli(0.5) prior)."""
-        if self._prior_logits is None:
-            return tf.zeros([self.latent_dim], tf.float32)
-        return tf.convert_to_tensor(self._prior_logits)
-
-    @property
-    def prior_variables(self) -> list:
-        return [] if self._prior_logits is None else [self._prior_logits]
-
-    def prior(self):
-        return tfd.Independent(
-            tfd.Bernoulli(logits=self.prior_logits(), dtype=tf.float32),
-            reinterpreted_batch_ndims=1,
-        )
-
     def encoder_logits(self, x, training=None):
         """Logits ``a(x)`` of ``q(z|x)``, shape ``[batch, latent]``."""
         return self.encode(x, training=training).distribution.logits

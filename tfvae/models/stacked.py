@@ -17,9 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from tfvae import heads, layered, networks, objectives
-from tfvae._keras import keras, tf, tfd
+from tfvae._keras import keras, tf
 from tfvae.errors import ConfigError
 from tfvae.models.base import BASE_METRICS, LatentVariableModel, order_key
+from tfvae.models.bernoulli import BinaryPrior
 from tfvae.noise import Noise
 
 
@@ -35,7 +36,7 @@ def _flat(net, training=None):
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
-class StackedBernoulliVAE(LatentVariableModel):
+class StackedBernoulliVAE(BinaryPrior, LatentVariableModel):
     """A sigmoid belief network / Bernoulli VAE with ``stochastic_layers`` binary layers.
 
     Every layer has ``latent_dim`` units. ``hidden`` are the hidden sizes of
@@ -59,7 +60,6 @@ class StackedBernoulliVAE(LatentVariableModel):
     """
 
     model_type = "sbn"
-    binary_code = True
     metric_names = BASE_METRICS + ("baseline", "signal_mean", "signal_std")
 
     def __init__(self, *args, stochastic_layers: int = 2, estimator: str = "ema",
@@ -104,10 +104,7 @@ class StackedBernoulliVAE(LatentVariableModel):
         upper = range(2, self.stochastic_layers + 1)
         self.upper_encoders = [net(k, self.hidden, f"encoder_{i}") for i in upper]
         self.generators = [net(k, self.decoder_sizes, f"generator_{i}") for i in upper]
-        self._prior_logits = None
-        if self.learn_prior:
-            self._prior_logits = self.add_weight(name="prior_logits", shape=(k,),
-                                                 initializer="zeros", trainable=True)
+        self._make_prior()
         self.baseline_nets = None
         if nvil:  # NVIL's c_l(z_{l-1}), one tanh layer each (Mnih & Gregor 2014)
             sizes = [self.input_dim] + [k] * (self.stochastic_layers - 1)
@@ -118,19 +115,6 @@ class StackedBernoulliVAE(LatentVariableModel):
                 for i, size in enumerate(sizes)]
 
     # ------------------------------------------------------------------ parts
-    def prior_logits(self):
-        if self._prior_logits is None:
-            return tf.zeros([self.latent_dim], tf.float32)
-        return tf.convert_to_tensor(self._prior_logits)
-
-    @property
-    def prior_variables(self) -> list:
-        return [] if self._prior_logits is None else [self._prior_logits]
-
-    def prior(self):
-        """The top layer's prior ``p(z_L)``."""
-        return tfd.Independent(tfd.Bernoulli(logits=self.prior_logits(), dtype=tf.float32), 1)
-
     @property
     def inference_variables(self) -> list:
         return self.encoder.trainable_variables + [
