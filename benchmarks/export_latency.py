@@ -14,6 +14,13 @@ meet, a bare ``TFLiteConverter.from_keras_model`` conversion of the same
 decoder weights (the exported decoder should be within 1.1x of it). Backends
 are interleaved round by round so that machine noise hits them alike.
 
+Issue 15's target, the float32 LiteRT decoder at batch 1 within 2x of the
+time to read its weights once, is measured here too: ``weights_read_us`` is
+the median time of one pass over an array of the decoder's weight bytes
+(``numpy.max`` of it, one core), and ``litert_float32`` is timed through
+:class:`tfvae.export.LiteRTModel` (set, invoke, get) with one interpreter
+thread and, as ``litert_float32_2threads``, with two.
+
 Prints one JSON line per measurement, then a summary line.
 
 Usage:
@@ -93,8 +100,8 @@ def main(argv=None):
     inputs = {b: rng.standard_normal((b, model.latent_dim)).astype(np.float32) for b in (1, 256)}
     tensors = {b: tf.constant(v) for b, v in inputs.items()}
 
-    def litert(path):
-        lite = export.LiteRTModel(path, num_threads=1)
+    def litert(path, threads=1):
+        lite = export.LiteRTModel(path, num_threads=threads)
         name = next(iter(lite.inputs))
         return lambda b: (lambda: lite(**{name: inputs[b]}))
 
@@ -111,17 +118,26 @@ def main(argv=None):
         sizes[f"litert_{precision}"] = (tmp / "export" / name).stat().st_size
         backends[f"bare_{precision}"] = litert(bare_files[precision])
         sizes[f"bare_{precision}"] = bare_files[precision].stat().st_size
+    two = export.tflite_name("decode", "float32")
+    backends["litert_float32_2threads"] = lambda b: litert(tmp / "export" / two, 2)(b)
+    # The reference of issue 15: one pass over as many bytes as the decoder's weights.
+    weight_bytes = sum(int(np.prod(w.shape)) * 4 for w in model.decoder.weights)
+    weights = np.random.default_rng(1).random(weight_bytes // 4).astype(np.float32)
+    backends["weights_read"] = lambda b: (lambda: weights.max())
 
     # Outputs agree (max abs vs Keras at batch 256).
     reference = model.decode_mean(tensors[256]).numpy()
     parity = {}
     for name, make in backends.items():
+        if name == "weights_read":
+            continue
         out = make(256)()
         out = next(iter(out.values())) if isinstance(out, dict) else out
         parity[name] = float(np.max(np.abs(out - reference)))
 
     fns = {name: {b: make(b) for b in (1, 256)} for name, make in backends.items()}
-    calls1 = {name: (args.calls if "litert" in name or "bare" in name else 30) for name in fns}
+    fast = ("litert", "bare", "weights")
+    calls1 = {name: (args.calls if name.startswith(fast) else 30) for name in fns}
     for name in fns:  # warm up
         fns[name][1]()
         fns[name][256]()
@@ -140,9 +156,12 @@ def main(argv=None):
             "batch1_latency_p90_us": round(float(np.percentile(lat[name], 90)) * 1e6, 1),
             "batch256_images_per_sec": round(float(np.median(thr[name]))),
             "file_bytes": sizes.get(name),
-            "max_abs_vs_keras": parity[name],
-            "threads": 1,
+            "max_abs_vs_keras": parity.get(name),
+            "threads": 2 if name.endswith("2threads") else 1,
         }
+        if name == "weights_read":
+            row = {"backend": name, "weights_read_us": row["batch1_latency_us"],
+                   "weight_bytes": weight_bytes}
         results[name] = row
         print(json.dumps(row), flush=True)
     summary = {"summary": "exported decoder vs bare from_keras_model conversion (latency ratio)"}
@@ -151,6 +170,12 @@ def main(argv=None):
             results[f"litert_{precision}"]["batch1_latency_us"]
             / results[f"bare_{precision}"]["batch1_latency_us"], 3)
     summary["target"] = 1.1
+    read = results["weights_read"]["weights_read_us"]
+    summary["litert_float32_vs_weights_read"] = round(
+        results["litert_float32"]["batch1_latency_us"] / read, 3)
+    summary["litert_float32_2threads_vs_weights_read"] = round(
+        results["litert_float32_2threads"]["batch1_latency_us"] / read, 3)
+    summary["weights_read_target"] = 2.0
     summary["model"] = f"{model.model_type} {model.input_dim}-{model.hidden}-{model.latent_dim}"
     print(json.dumps(summary), flush=True)
     shutil.rmtree(tmp, ignore_errors=True)

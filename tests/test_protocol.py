@@ -61,6 +61,35 @@ def test_the_data_dependent_start_centres_inputs_and_codes():
     assert "signed" not in [layer.name for layer in gaussian.decoder.layers]
 
 
+@pytest.mark.parametrize("likelihood, obs_scale", [
+    ("gaussian", "decoder"), ("gaussian", "pixel"), ("gaussian", "shared"), ("logistic", "decoder"),
+])
+def test_the_data_dependent_start_puts_the_observation_scales_at_the_data_spread(
+        likelihood, obs_scale):
+    model = tfvae.GaussianVAE(input_dim=6, latent_dim=2, hidden=(4,), likelihood=likelihood,
+                              obs_scale=obs_scale, min_scale=1e-3)
+    mean = np.linspace(0.1, 0.9, 6, dtype=np.float32)
+    std = np.array([0.0, 0.0005, 0.01, 0.05, 0.2, 0.3], np.float32)
+    model.init_from_data(mean, center=False, std=std)
+    last = model.decoder.layers[-2]
+    last.kernel.assign(tf.zeros_like(last.kernel))  # the output is the bias alone
+    p = model.decoder(tf.zeros([1, 2]))
+    if likelihood == "logistic":
+        scale = p._scale.numpy()[0]
+        wanted = std * np.sqrt(3) / np.pi  # a logistic's standard deviation is s pi / sqrt(3)
+    else:
+        scale = p.stddev().numpy()[0]
+        wanted = std if obs_scale != "shared" else np.full(6, np.sqrt(np.mean(std ** 2)))
+    # At or below the floor a scale starts just above it (floor + a tenth of it).
+    np.testing.assert_allclose(scale, np.maximum(wanted, 1.1e-3), rtol=1e-4)
+    np.testing.assert_allclose(last.bias.numpy()[:6], mean, rtol=1e-6)
+    untouched = tfvae.GaussianVAE(input_dim=6, latent_dim=2, hidden=(4,), likelihood=likelihood,
+                                  obs_scale=obs_scale)
+    untouched.init_from_data(mean, center=False)  # no std: the scales keep their start
+    if obs_scale == "decoder":
+        np.testing.assert_array_equal(untouched.decoder.layers[-2].bias.numpy()[6:], 0.0)
+
+
 def test_the_prior_trains_with_its_own_optimizer():
     """One SGD step on the prior logits: the analytic KL's gradient, mean over the batch."""
     model = tfvae.BernoulliVAE(input_dim=16, latent_dim=4, hidden=(8,), learn_prior=True,

@@ -190,7 +190,8 @@ class Config:
         flag="--center-input")
     output_bias_from_data: bool = _option(
         False, "Start the decoder's output bias at the training mean (the logit of it for "
-        "Bernoulli pixels; mlp decoders).", flag="--output-bias-from-data")
+        "Bernoulli pixels; Gaussian and logistic scales also at the data's spread per pixel; "
+        "mlp decoders).", flag="--output-bias-from-data")
     eval_k: int = _option(
         0, "Also log the k-sample bound on the validation and test splits during training "
         "(0: off; e.g. 100).")

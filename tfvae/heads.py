@@ -71,10 +71,11 @@ class BernoulliHead(tfpl.IndependentBernoulli):
         return tf.math.sigmoid(params)
 
     @staticmethod
-    def initial_bias(mean):
+    def initial_bias(mean, std=None):
         """Parameters whose distribution has this mean (a data-dependent start).
 
-        The logit of the mean, clipped to [0.001, 0.999] as the DisARM code does.
+        The logit of the mean, clipped to [0.001, 0.999] as the DisARM code does
+        (a Bernoulli's spread follows from its mean: ``std`` is not used).
         """
         mean = np.clip(mean, 0.001, 0.999)
         return np.log(mean / (1.0 - mean)).astype(np.float32)
@@ -127,6 +128,19 @@ class NormalHead(tfpl.IndependentNormal):
 def _scale(raw, min_scale):
     """A positive scale from an unconstrained parameter, with a floor."""
     return min_scale + tf.math.softplus(raw)
+
+
+def _raw_scale(scale, min_scale, size: int):
+    """The inverse of :func:`_scale`: raw parameters giving ``scale`` (``[size]``).
+
+    ``None`` gives raw 0 (scale ``min_scale + ln 2``, the untrained start). A
+    scale at or below the floor starts a tenth of the floor above it: a pixel
+    that is constant in the data starts (nearly) as sharp as the floor allows.
+    """
+    if scale is None:
+        return np.zeros(size, np.float32)
+    excess = np.maximum(np.asarray(scale, np.float64) - min_scale, 0.1 * min_scale)
+    return np.log(np.expm1(excess)).astype(np.float32)
 
 
 class _NormalPixels(tfpl.DistributionLambda):
@@ -188,9 +202,16 @@ class PixelNormal(_NormalPixels):
     def mean_from_params(params):
         return params
 
-    @staticmethod
-    def initial_bias(mean):
+    def initial_bias(self, mean, std=None):
+        """The locations at the data's mean; given ``std``, the free scales at its spread."""
+        if std is not None:
+            self.raw_scale.assign(_raw_scale(self._start_scale(std), self.min_scale,
+                                             self.raw_scale.shape[0]))
         return np.asarray(mean, np.float32)
+
+    @staticmethod
+    def _start_scale(std):
+        return std
 
 
 
@@ -223,10 +244,10 @@ class DecoderNormal(_NormalPixels):
     def mean_from_params(params):
         return tf.split(params, 2, axis=-1)[0]
 
-    @staticmethod
-    def initial_bias(mean):
+    def initial_bias(self, mean, std=None):
+        """Locations at the data's mean and, given ``std``, scales at its spread per pixel."""
         mean = np.asarray(mean, np.float32)
-        return np.concatenate([mean, np.zeros_like(mean)])
+        return np.concatenate([mean, _raw_scale(std, self.min_scale, mean.size)])
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -243,6 +264,10 @@ class SharedNormal(PixelNormal):
             initializer=keras.initializers.Constant(0.5413), trainable=True,
         )
         tfpl.DistributionLambda.build(self, input_shape)
+
+    @staticmethod
+    def _start_scale(std):
+        return np.sqrt(np.mean(np.square(std), keepdims=True))  # the pooled spread
 
 
 @keras.saving.register_keras_serializable(package="tfvae")
@@ -303,13 +328,19 @@ class LogisticHead(tfpl.DistributionLambda):
         logits, loc, _ = self._split(params)
         return location_mean(loc, logits)
 
-    def initial_bias(self, mean):
+    def initial_bias(self, mean, std=None):
+        """Locations at the data's mean and, given ``std``, scales matching its spread.
+
+        A logistic with scale ``s`` has standard deviation ``s * pi / sqrt(3)``.
+        """
         mean = np.asarray(mean, np.float32)
-        zeros = np.zeros_like(mean)
+        scale = None if std is None else np.asarray(std) * np.sqrt(3.0) / np.pi
+        raw = _raw_scale(scale, self.min_scale, mean.size)
         if self.components == 1:
-            return np.concatenate([mean, zeros])
+            return np.concatenate([mean, raw])
         k = self.components
-        return np.concatenate([np.tile(zeros, k), np.tile(mean, k), np.tile(zeros, k)])
+        return np.concatenate([np.zeros(k * mean.size, np.float32), np.tile(mean, k),
+                               np.tile(raw, k)])
 
 
 # ------------------------------------------------------------ observation models

@@ -411,9 +411,9 @@ def _build(session: Session, feed: Feed):
         if previous is not None:
             _restore_state(model, session.out / layout.CHECKPOINTS / previous.prefix, session.out)
         elif config.center_input or config.output_bias_from_data:
-            model.init_from_data(session.splits.train_mean(config.seed),
-                                 center=config.center_input,
-                                 output_bias=config.output_bias_from_data)
+            mean, std = session.splits.train_moments(config.seed)
+            model.init_from_data(mean, center=config.center_input,
+                                 output_bias=config.output_bias_from_data, std=std)
     return model
 
 

@@ -72,17 +72,22 @@ class Splits:
         """The first ``limit`` processed test rows."""
         return self.test[:limit]
 
-    def train_mean(self, seed: int = 0) -> np.ndarray:
-        """Mean ``[D]`` of the training rows as the model sees them (noise included)."""
+    def train_moments(self, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation ``[D]`` of the training rows as the model sees them
+        (noise included)."""
         from tfvae.data.pipelines import make_pipeline
 
-        total, count = None, 0
+        total, squares, count = None, None, 0
         for batch in make_pipeline(self.train, self.train_mode, min(len(self.train), 4096),
                                    self.levels, shuffle=False, seed=seed):
-            part = batch.numpy().astype(np.float64).sum(axis=0)
+            rows = batch.numpy().astype(np.float64)
+            part, part2 = rows.sum(axis=0), np.square(rows).sum(axis=0)
             total = part if total is None else total + part
-            count += len(batch)
-        return (total / count).astype(np.float32)
+            squares = part2 if squares is None else squares + part2
+            count += len(rows)
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - np.square(mean), 0.0))
+        return mean.astype(np.float32), std.astype(np.float32)
 
     def train_rows(self, limit: int | None = None, seed: int = 0) -> np.ndarray:
         """A float32 copy of the first ``limit`` training rows, as the model sees them."""

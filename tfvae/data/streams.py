@@ -131,9 +131,10 @@ class StreamSplits:
     def train_rows(self, limit: int | None = None, seed: int = 0) -> np.ndarray:
         return self.train.rows(limit, seed)
 
-    def train_mean(self, seed: int = 0, limit: int = 20000) -> np.ndarray:
-        """Mean of (up to ``limit``) training rows as the model sees them."""
-        return self.train.rows(limit, seed).mean(axis=0)
+    def train_moments(self, seed: int = 0, limit: int = 20000):
+        """Mean and standard deviation of (up to ``limit``) training rows as the model sees them."""
+        rows = self.train.rows(limit, seed).astype(np.float64)
+        return rows.mean(axis=0).astype(np.float32), rows.std(axis=0).astype(np.float32)
 
 
 #: Data modes that work batch by batch on raw pixels (the others need a whole split).

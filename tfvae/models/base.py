@@ -165,7 +165,8 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         """Trainable variables of the prior (a ``prior_optimizer`` of compile trains them)."""
         return []
 
-    def init_from_data(self, mean, center: bool = True, output_bias: bool = True) -> None:
+    def init_from_data(self, mean, center: bool = True, output_bias: bool = True,
+                       std=None) -> None:
         """Data-dependent start (DisARM's ``--demean_input`` and ``--initialize_with_bias``).
 
         Args:
@@ -173,6 +174,9 @@ class LatentVariableModel(TrainingSteps, keras.Model):
           center: store it in the encoder's input centring (``center_input=True``).
           output_bias: start the decoder's output bias at the mean (the logit of
             it for Bernoulli pixels); dense (mlp) decoders only.
+          std: the training data's standard deviation ``[D]``: with
+            ``output_bias``, a Gaussian's or logistic's scales start at the
+            spread it gives per pixel (Bernoulli pixels ignore it).
         """
         mean = np.asarray(mean, np.float32).reshape(self.input_dim)
         if center:
@@ -184,7 +188,7 @@ class LatentVariableModel(TrainingSteps, keras.Model):
             if not isinstance(last, keras.layers.Dense):
                 raise ConfigError("the output bias can be set from data for mlp decoders only; "
                                   "use --arch mlp or leave out --output-bias-from-data")
-            last.bias.assign(self.decoder.layers[-1].initial_bias(mean))
+            last.bias.assign(self.decoder.layers[-1].initial_bias(mean, std))
 
     def prior(self):
         """The prior ``p(z)``: a distribution with event shape ``[latent]``."""
