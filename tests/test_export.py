@@ -427,3 +427,22 @@ def test_the_default_precision_is_the_best_the_export_holds(exports, tmp_path):
     with pytest.raises(export.ExportError, match="--quantize none"):
         exported_dir.sample(3, seed=1, precision="float32")
 
+
+
+def test_litert_model_calls_return_fresh_arrays_and_check_their_inputs(exports):
+    """Each call's outputs outlive the next call; the batch size may change; names are checked."""
+    model, out, _ = exports("gaussian")
+    lite = export.LiteRTModel(out / export.tflite_name("decode", "float32"), num_threads=1)
+    (name,) = lite.inputs
+    rng = np.random.default_rng(0)
+    z1, z2 = rng.standard_normal((3, 4)), rng.standard_normal((5, 4))  # float64 on purpose
+    first = lite(**{name: z1})
+    kept = {k: v.copy() for k, v in first.items()}
+    second = lite(**{name: z2})  # another batch size: the input is resized
+    for k in first:
+        np.testing.assert_array_equal(first[k], kept[k])
+        assert second[k].shape[0] == 5
+    wanted = model.decode_mean(z2.astype(np.float32)).numpy()
+    np.testing.assert_allclose(next(iter(second.values())), wanted, atol=1e-5)
+    with pytest.raises(export.ExportError, match="takes inputs"):
+        lite(wrong=z1)
