@@ -58,7 +58,7 @@ def train(out, resume, **options):
       tfvae train --latent-dim 2 --epochs 30 --out runs/z2
       tfvae train --data-dir /usr/share/datasets/fashion-mnist --binarize static
       tfvae train --dataset digits --hidden 256 --latent-dim 4 --epochs 300 \\
-          --kl-warmup 30 --batch-size 64
+          --kl-warmup 30 --batch-size 64 --output-bias-from-data
       tfvae train --data-dir photos/ --image-size 32,32 --arch conv
       tfvae train --model sbn --stochastic-layers 2 --estimator disarm
       tfvae train --resume runs/z2 --epochs 50
