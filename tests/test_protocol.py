@@ -90,6 +90,16 @@ def test_the_data_dependent_start_puts_the_observation_scales_at_the_data_spread
         np.testing.assert_array_equal(untouched.decoder.layers[-2].bias.numpy()[6:], 0.0)
 
 
+def test_the_data_dependent_start_is_refused_for_conv_decoders_before_anything_runs(tmp_path):
+    with pytest.raises(tfvae.ConfigError, match="--arch mlp"):
+        tfvae.Config(arch="conv", hidden=(), output_bias_from_data=True)
+    out = tmp_path / "run"
+    with pytest.raises(tfvae.ConfigError, match="--arch mlp"):
+        tfvae.train(dataset="digits", arch="conv", hidden=(), epochs=1, out=out,
+                    output_bias_from_data=True, verbose=0)
+    assert not out.exists()  # refused before the run directory is made
+
+
 def test_the_prior_trains_with_its_own_optimizer():
     """One SGD step on the prior logits: the analytic KL's gradient, mean over the batch."""
     model = tfvae.BernoulliVAE(input_dim=16, latent_dim=4, hidden=(8,), learn_prior=True,

@@ -285,6 +285,10 @@ class Config:
             )
         if not (_finite(self.min_scale) and self.min_scale > 0):
             raise ConfigError(f"--min-scale must be a positive number, got {self.min_scale!r}")
+        if self.output_bias_from_data and self.arch == "conv":
+            raise ConfigError("--output-bias-from-data sets a dense output layer's bias, and the "
+                              "conv decoder ends in a transposed convolution: use --arch mlp, "
+                              "or leave out --output-bias-from-data")
         if not (_finite(self.baseline_decay) and 0.0 <= self.baseline_decay < 1.0):
             raise ConfigError(f"--baseline-decay must be in [0, 1), got {self.baseline_decay!r}")
         needed = options.ESTIMATORS[self.estimator].min_samples
