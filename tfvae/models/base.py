@@ -179,6 +179,8 @@ class LatentVariableModel(TrainingSteps, keras.Model):
             spread it gives per pixel (Bernoulli pixels ignore it).
         """
         mean = np.asarray(mean, np.float32).reshape(self.input_dim)
+        if std is not None:
+            std = np.asarray(std, np.float32).reshape(self.input_dim)
         if center:
             if not self.center_input:
                 raise ConfigError("centring needs a model built with center_input=True")
