@@ -24,6 +24,19 @@ def log_likelihood(likelihood, x):
     and two ``log1p``) and their sigmoid gradients. Any other distribution
     uses its own ``log_prob``.
     """
+    logits = _bernoulli_logits(likelihood)
+    if logits is not None:
+        x = tf.cast(x, logits.dtype)
+        if not (logits.shape.is_fully_defined() and logits.shape == x.shape):
+            # (k samples of one batch, say): the kernel's gradient is elementwise.
+            shape = tf.broadcast_dynamic_shape(tf.shape(logits), tf.shape(x))
+            logits, x = tf.broadcast_to(logits, shape), tf.broadcast_to(x, shape)
+        return tf.reduce_sum(bernoulli_log_prob(logits, x), axis=-1)
+    return likelihood.log_prob(x)
+
+
+def _bernoulli_logits(likelihood):
+    """The logits of an ``Independent(Bernoulli(logits))`` over one event axis, else None."""
     # tfp.layers hand out distributions wrapped to act as tensors.
     inner = getattr(likelihood, "tensor_distribution", likelihood)
     base = getattr(inner, "distribution", None)
@@ -34,14 +47,37 @@ def log_likelihood(likelihood, x):
         and likelihood.event_shape.rank == 1
         and base.event_shape.rank == 0
     ):
-        logits = tf.convert_to_tensor(base.logits)
-        x = tf.cast(x, logits.dtype)
-        if not (logits.shape.is_fully_defined() and logits.shape == x.shape):
-            # (k samples of one batch, say): the kernel's gradient is elementwise.
-            shape = tf.broadcast_dynamic_shape(tf.shape(logits), tf.shape(x))
-            logits, x = tf.broadcast_to(logits, shape), tf.broadcast_to(x, shape)
-        return tf.reduce_sum(bernoulli_log_prob(logits, x), axis=-1)
-    return likelihood.log_prob(x)
+        return tf.convert_to_tensor(base.logits)
+    return None
+
+
+def log_likelihood_of_draws(likelihood, x, lead):
+    """``log p(x | z_i)`` for draws ``z_i`` of each example, shape ``lead``.
+
+    ``likelihood`` is the decoder's distribution for the draws, with the
+    ``lead`` shape (e.g. ``[k, batch]``) flattened into its batch; ``x`` is the
+    ``[batch, D]`` data each draw explains. For Bernoulli pixels the per-pixel
+    terms, the broadcast of ``x`` over the draws and the sum over pixels run
+    as one XLA-compiled kernel: outside a compiled step (an IWAE evaluation)
+    they would otherwise be eight passes over ``k x batch x D`` values around
+    the decoder's matrix product. Any other distribution broadcasts ``x``
+    and uses its own ``log_prob``.
+    """
+    lead = tf.convert_to_tensor(lead)
+    logits = _bernoulli_logits(likelihood)
+    if logits is not None:
+        shape = tf.concat([lead, tf.shape(logits)[-1:]], axis=0)
+        return _bernoulli_draws(tf.reshape(logits, shape), tf.cast(x, logits.dtype))
+    width = tf.shape(x)[-1]
+    flat = tf.reshape(tf.broadcast_to(x, tf.concat([lead, [width]], axis=0)), [-1, width])
+    return tf.reshape(log_likelihood(likelihood, flat), lead)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _bernoulli_draws(logits, x):
+    # Inside a compiled step this is inlined; elsewhere it is its own XLA cluster.
+    x = tf.broadcast_to(x, tf.shape(logits))
+    return tf.reduce_sum(bernoulli_log_prob(logits, x), axis=-1)
 
 
 def kl_bernoulli(logits, prior_logits):

@@ -218,9 +218,7 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         p = self.decode(z, training=training)
         if z.shape.rank == 2:
             return objectives.log_likelihood(p, x)
-        x_rep = tf.broadcast_to(x, tf.concat([lead, [self.input_dim]], axis=0))
-        flat = tf.reshape(x_rep, [-1, self.input_dim])
-        return tf.reshape(objectives.log_likelihood(p, flat), lead)
+        return objectives.log_likelihood_of_draws(p, x, lead)
 
     # ------------------------------------------------------- evaluation hooks
     def check_ready(self) -> None:
