@@ -115,3 +115,37 @@ def test_ctrl_c_leaves_a_resumable_run_and_says_how(tmp_path):
     assert "Traceback" not in stderr
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     assert json.loads(pointer.read_text())["epoch"] >= 1
+
+
+def test_best_weights_are_those_of_the_best_epoch_and_last_those_of_the_last(tmp_path, make_model,
+                                                                              binary_images):
+    # best.weights.h5 is a copy of last.weights.h5 when an epoch improves, and
+    # stays as it was when one does not.
+    import numpy as np
+
+    from tfvae import callbacks
+    from tfvae._keras import keras
+
+    model = make_model("gaussian")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(binary_images[:64], epochs=1, batch_size=32, verbose=0)
+    recorder = callbacks.RunRecorder(tmp_path, monitor="loss")
+    recorder.set_model(model)
+    recorder.on_train_begin()
+    recorder.on_epoch_begin(0)
+    recorder.on_epoch_end(0, {"loss": 2.0})  # improves: best = these weights
+    first = [w.copy() for w in model.get_weights()]
+    model.set_weights([w + 1.0 for w in first])
+    recorder.on_epoch_begin(1)
+    recorder.on_epoch_end(1, {"loss": 3.0})  # worse: best stays
+
+    def weights_of(name):
+        other = make_model("gaussian")
+        other.load_weights(str(tmp_path / runs.CHECKPOINTS / name))
+        return other.get_weights()
+
+    for got, want in zip(weights_of(runs.BEST), first, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(weights_of(runs.LAST), first, strict=True):
+        np.testing.assert_array_equal(got, want + 1.0)
+    assert recorder.record.best_epoch == 1 and recorder.record.epoch == 2

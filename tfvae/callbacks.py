@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -209,8 +210,9 @@ class RunRecorder(keras.callbacks.Callback):
         try:
             self._checkpoint.write(str(folder / prefix))
             save_weights(self.model, folder / layout.LAST)
-            if improved:
-                save_weights(self.model, folder / layout.BEST)
+            if improved:  # the same weights: a copy costs less than serializing again
+                with files.atomic_path(folder / layout.BEST) as tmp:
+                    shutil.copyfile(folder / layout.LAST, tmp)
         except BaseException as exc:
             for partial in (folder / prefix).parent.glob(Path(prefix).name + ".*"):
                 with contextlib.suppress(OSError):
