@@ -81,13 +81,13 @@ def _functions(model, k: int):
     spec = tf.TensorSpec([None, model.input_dim], tf.float32)
     seed = tf.TensorSpec([2], tf.int32)
 
-    @tf.function(input_signature=[spec, seed], reduce_retracing=True)
+    @tf.function(input_signature=[spec, seed], reduce_retracing=True, autograph=False)
     def elbo(xb, s):
         terms = model.elbo_terms(xb, seed=s)
         return terms["reconstruction"], terms["kl"], model.posterior_mean(xb), \
             model.kl_per_dim(xb)
 
-    @tf.function(input_signature=[spec, seed], reduce_retracing=True)
+    @tf.function(input_signature=[spec, seed], reduce_retracing=True, autograph=False)
     def bound(xb, s):
         return objectives.iwae_bound(model.log_weights(xb, k, seed=s))
 

@@ -34,6 +34,7 @@ from tfvae._keras import keras, tf, tfd
 from tfvae.errors import ConfigError, TfvaeError
 from tfvae.gmm import GMMSampler
 from tfvae.models.base import LatentVariableModel, order_key
+from tfvae.models.steps import plain_trace
 from tfvae.noise import Noise
 from tfvae.utils import stateless_seed
 
@@ -215,6 +216,7 @@ class Autoencoder(LatentVariableModel):
         )
         return tf.reduce_mean(reconstruction), {"reconstruction": reconstruction}
 
+    @plain_trace
     def test_step(self, data):
         # The same quantity as in training (the base test_step needs the mixture).
         loss, values = self.objective(self._unpack(data), training=False)

@@ -19,6 +19,12 @@ from tfvae.packing import BITS_KEY, FLOAT_KEY, ROWS_KEY, is_block, unpack_bits
 #: ``compile``'s default ``steps_per_execution``: Keras runs this many training
 #: steps per call into the runtime (``benchmarks/user_fit.py`` measures it).
 STEPS_PER_EXECUTION = 32
+#: Keras traces ``train_step``/``test_step`` with AutoGraph, which rewrites
+#: every Python function they call before tracing it. tfvae's steps use
+#: ``tf.cond``/``tf.while_loop`` where they branch on tensors, so they are
+#: traced as written: the README's main job reaches its first compiled step
+#: about 1.8 s sooner (``benchmarks/train_throughput.py --main-job``).
+plain_trace = tf.autograph.experimental.do_not_convert
 #: ``compile``'s default ``jit_compile`` per architecture, by measurement
 #: (``benchmarks/user_fit.py``): XLA speeds up dense steps on a CPU and slows
 #: down convolutions.
@@ -152,6 +158,7 @@ class TrainingSteps:
         self.optimizer.apply_gradients(pairs)
         return loss, values
 
+    @plain_trace
     def train_step(self, data):
         """One training step, or a fused block of them (see :func:`tfvae.data.blocks`)."""
         if is_block(data):
@@ -161,6 +168,7 @@ class TrainingSteps:
         loss, values = self._step(self._unpack(data))
         return self._record(loss, values)
 
+    @plain_trace
     def test_step(self, data):
         x = self._unpack(data)
         terms = self.elbo_terms(x, seed=self.next_seed(), training=False)
@@ -218,7 +226,7 @@ class TrainingSteps:
             counts.append(tf.cast(tf.size(value), tf.float32))
         return tf.stack(sums), tf.stack(counts)
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=True, autograph=False)
     def _run_block(self, block, full, packed):
         # The first ``full`` batches of the block, one optimizer step each. The
         # metrics' sums ride along in the loop and reach the trackers once,
