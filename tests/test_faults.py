@@ -210,7 +210,7 @@ def test_a_full_disk_keeps_the_last_good_epoch(tmp_path, monkeypatch):
 
     def full_after_epoch_one(model, path):
         calls.append(path)
-        if len(calls) > 2:  # epoch 1 wrote last and best; epoch 2 runs out of space
+        if len(calls) > 1:  # epoch 1 wrote last (best is its copy); epoch 2 runs out of space
             with open(path.with_name(".tmp-partial-" + path.name), "wb") as f:
                 f.write(b"half")
             os.unlink(path.with_name(".tmp-partial-" + path.name))
@@ -232,6 +232,25 @@ def test_a_full_disk_keeps_the_last_good_epoch(tmp_path, monkeypatch):
     monkeypatch.setattr(tfvae.callbacks, "save_weights", real)
     run = tfvae.train(resume=out, verbose=0, figures=False)
     assert run.status["status"] == "completed" and run.status["epochs_completed"] == 3
+
+
+def test_a_full_disk_while_copying_the_best_weights_is_a_storage_error(tmp_path, monkeypatch):
+    # The first epoch always improves, so its best weights are copied from
+    # its last ones: a full disk there leaves no partial file and no epoch.
+    import tfvae.callbacks
+
+    def full(src, dst):
+        with open(dst, "wb") as f:
+            f.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(tfvae.callbacks.shutil, "copyfile", full)
+    out = tmp_path / "run"
+    with pytest.raises(files.StorageError) as info:
+        tfvae.train(out=out, epochs=2, **SMALL)
+    assert "is full" in str(info.value) and "no completed epoch is kept" in str(info.value)
+    names = sorted(p.name for p in (out / "checkpoints").rglob("*") if p.is_file())
+    assert not any(n.startswith((".tmp", "epoch-")) or n == "best.weights.h5" for n in names)
 
 
 def test_an_export_onto_a_full_disk_leaves_nothing_behind(tmp_path, monkeypatch, make_model):
