@@ -186,6 +186,43 @@ def test_fit_means_what_keras_means_and_blocks_are_opt_in():
     assert history.history["loss"][1] < history.history["loss"][0]
 
 
+@pytest.mark.parametrize("model", [
+    dict(estimator="rloo", num_samples=2), dict(estimator="disarm"),
+    dict(estimator="vimco", num_samples=3),
+    dict(estimator="disarm", stochastic_layers=2, decoder_hidden=(8,)),
+])
+def test_blocks_with_a_partial_batch_train_every_estimator_under_compile_defaults(model):
+    """Multi-sample estimators on blocks with ``compile``'s defaults (XLA on).
+
+    The partial last batch has a run-time size inside the compiled function;
+    the Bernoulli terms of several draws once took gradients there that XLA
+    refused (shape arguments that were not compile-time constants).
+    """
+    x = (np.random.default_rng(0).random((150, 784)) < 0.3).astype(np.float32)
+    cls = tfvae.StackedBernoulliVAE if "stochastic_layers" in model else tfvae.BernoulliVAE
+    vae = cls(latent_dim=4, hidden=(8,), **model)
+    vae.compile(optimizer=keras.optimizers.Adam(1e-3))
+    assert vae.jit_compile
+    blocks = tfvae.data.blocks(x, batch_size=64, seed=0)  # 2 x 64 + 22
+    before = [w.numpy() for w in vae.trainable_weights]
+    history = vae.fit(blocks.dataset, steps_per_epoch=blocks.steps_per_epoch, epochs=1,
+                      verbose=0)
+    assert int(vae.optimizer.iterations.numpy()) == 3
+    assert np.isfinite(history.history["loss"][0])
+    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(before, vae.trainable_weights,
+                                                                 strict=True))
+
+
+def test_submodules_are_attributes_of_the_package():
+    """``import tfvae`` then ``tfvae.data.blocks(...)``, as the README writes it."""
+    import importlib
+
+    for name in ("data", "callbacks", "export", "evaluation", "estimators"):
+        assert tfvae.__getattr__(name) is importlib.import_module(f"tfvae.{name}")
+    with pytest.raises(AttributeError, match="no attribute 'bogus'"):
+        tfvae.__getattr__("bogus")
+
+
 def test_compile_defaults_are_measured_and_overridable():
     from tfvae.models.steps import JIT_COMPILE, STEPS_PER_EXECUTION
 

@@ -38,15 +38,25 @@ _LAZY = {
     "Interrupted": ("tfvae.errors", "Interrupted"),
 }
 
+#: Public submodules, imported on first access as attributes.
+_SUBMODULES = frozenset({
+    "callbacks", "config", "data", "distribute", "distributions", "errors", "estimators",
+    "evaluation", "export", "figures", "gmm", "heads", "layered", "models", "networks",
+    "noise", "objectives", "options", "runs",
+})
+
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
 def __getattr__(name):
-    try:
-        module_name, attribute = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'tfvae' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module_name), attribute)
+    if name in _SUBMODULES:  # tfvae.data.blocks(...) after a bare ``import tfvae``
+        value = importlib.import_module(f"tfvae.{name}")
+    else:
+        try:
+            module_name, attribute = _LAZY[name]
+        except KeyError:
+            raise AttributeError(f"module 'tfvae' has no attribute {name!r}") from None
+        value = getattr(importlib.import_module(module_name), attribute)
     globals()[name] = value
     return value
 

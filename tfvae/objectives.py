@@ -76,8 +76,27 @@ def log_likelihood_of_draws(likelihood, x, lead):
 @tf.function(jit_compile=True, autograph=False)
 def _bernoulli_draws(logits, x):
     # Inside a compiled step this is inlined; elsewhere it is its own XLA cluster.
-    x = tf.broadcast_to(x, tf.shape(logits))
-    return tf.reduce_sum(bernoulli_log_prob(logits, x), axis=-1)
+    return _bernoulli_draws_sum(logits, x)
+
+
+@tf.custom_gradient
+def _bernoulli_draws_sum(logits, x):
+    """``sum_d log Bernoulli(x_d | logits_d)`` over the last axis, ``x`` broadcast.
+
+    The gradient is written out (elementwise, no gradient for the data ``x``):
+    TensorFlow's own gradients of the broadcast and of the sum take shape
+    arguments, which XLA cannot take when the batch size is a run-time value
+    (a fused block's last, partial batch).
+    """
+    e = tf.exp(-tf.abs(logits))
+    value = tf.reduce_sum(x * logits - tf.nn.relu(logits) - tf.math.log1p(e), axis=-1)
+
+    def grad(upstream):
+        r = 1.0 / (1.0 + e)
+        sigmoid = tf.where(logits >= 0, r, e * r)
+        return upstream[..., None] * (x - sigmoid), None
+
+    return value, grad
 
 
 def kl_bernoulli(logits, prior_logits):
