@@ -179,7 +179,9 @@ class TrainingSteps:
     # ------------------------------------------------------------ fused blocks
     def _batch_of(self, rows, packed: bool):
         """float32 batch from block rows: bit-unpacked (``pack_bits`` order) or cast."""
-        return tf.cast(unpack_bits(rows, self.input_dim) if packed else rows, tf.float32)
+        if packed:
+            return unpack_bits(rows, self.input_dim, tf.float32)
+        return tf.cast(rows, tf.float32)
 
     def _train_block(self, block, rows, packed=False):
         """The ``rows // B`` full batches in one compiled loop, then the partial one."""
