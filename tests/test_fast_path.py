@@ -73,6 +73,11 @@ def test_block_pipeline_applies_the_mode_to_float_blocks():
     np.testing.assert_allclose(element["block"].numpy().reshape(50, 6), x / 255.0, rtol=1e-6)
     dyn = next(iter(data.blocks(x, 10, seed=0, mode="dynamic", levels=256).dataset))
     assert set(np.unique(dyn["block"].numpy())) <= {0.0, 1.0}
+    # 8-bit rows are 256 levels unless told, whatever the mode (dynamic bits
+    # once took the raw 0-255 values as probabilities: all ones).
+    grey = np.full((400, 50), 64, np.uint8)
+    bits = next(iter(data.blocks(grey, 100, seed=0, mode="dynamic").dataset))["block"].numpy()
+    assert abs(bits.mean() - 64 / 255) < 0.01
 
 
 def test_block_pipeline_rejects_bad_input():

@@ -142,6 +142,11 @@ def get(name: str):
 
 # ------------------------------------------------------------------ helpers
 
+#: The stateless generator of the estimators' uniforms: Philox, which TensorFlow's
+#: kernels use on a CPU anyway ("auto_select"); under XLA "auto_select" is another
+#: generator, about twice as slow per number inside the compiled loop on this machine.
+UNIFORM_ALG = "philox"
+
 
 def _posterior(logits):
     return tfd.Independent(tfd.Bernoulli(logits=logits, dtype=tf.float32), 1)
@@ -162,7 +167,7 @@ def _sample(logits, seed, n=None):
         q = _posterior(logits)
         return tf.stop_gradient(q.sample() if n is None else q.sample(n))
     shape = tf.shape(logits) if n is None else tf.concat([[n], tf.shape(logits)], 0)
-    u = tf.random.stateless_uniform(shape, seed=tfp.random.sanitize_seed(seed))
+    u = tf.random.stateless_uniform(shape, seed=tfp.random.sanitize_seed(seed), alg=UNIFORM_ALG)
     return tf.stop_gradient(tf.cast(u < tf.sigmoid(logits), tf.float32))
 
 
@@ -297,7 +302,8 @@ def disarm(problem: Problem, state: State) -> Estimate:
     average of its gradients at ``b`` and ``b~``.
     """
     a = problem.logits  # [batch, latent]
-    u = tf.random.stateless_uniform(tf.shape(a), _seeds(problem.seed, 1)[0])  # [batch, latent]
+    u = tf.random.stateless_uniform(tf.shape(a), _seeds(problem.seed, 1)[0],
+                                    alg=UNIFORM_ALG)  # [batch, latent]
     p = tf.sigmoid(tf.stop_gradient(a))
     b = tf.cast(u < p, a.dtype)  # [batch, latent]
     b_anti = tf.cast(1.0 - u < p, a.dtype)  # [batch, latent]

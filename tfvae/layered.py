@@ -36,7 +36,7 @@ from tfvae import objectives, options
 from tfvae._keras import tf, tfp
 from tfvae.distribute import global_mean
 from tfvae.errors import ConfigError
-from tfvae.estimators import Estimate, _running, _score_term
+from tfvae.estimators import UNIFORM_ALG, Estimate, _running, _score_term
 
 
 class Chain(NamedTuple):
@@ -108,7 +108,8 @@ def uniforms(chain: Chain, shapes, n=None):
     """One uniform tensor per layer, ``[batch, K_l]`` or ``[n, batch, K_l]``."""
     seeds = tfp.random.split_seed(tfp.random.sanitize_seed(chain.seed), n=len(shapes))
     lead = [] if n is None else [n]
-    return [tf.random.stateless_uniform(lead + [tf.shape(chain.x)[0], size], seed=s)
+    return [tf.random.stateless_uniform(lead + [tf.shape(chain.x)[0], size], seed=s,
+                                        alg=UNIFORM_ALG)
             for s, size in zip(seeds, shapes, strict=True)]
 
 
