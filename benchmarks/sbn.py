@@ -59,8 +59,9 @@ MODELS = {
 
 
 def _median(values):
-    values = sorted(values)
-    return values[len(values) // 2]
+    import statistics
+
+    return statistics.median(values)
 
 
 def run(args, name: str, estimator: str) -> None:

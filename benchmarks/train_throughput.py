@@ -194,8 +194,9 @@ def main_job(args) -> None:
 
 
 def _median(values):
-    values = sorted(values)
-    return values[len(values) // 2]
+    import statistics
+
+    return statistics.median(values)
 
 
 def main():

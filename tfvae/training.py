@@ -417,13 +417,21 @@ def _build(session: Session, feed: Feed):
     return model
 
 
+#: Rows per validation batch of dense models held in memory (convolutional and
+#: streamed ones validate in training batches): each batch is one call of Keras'
+#: test function, and the validation loss is a mean over examples whatever the
+#: batch size.
+VAL_BATCH = 4096
+
+
 def _validation(session: Session):
     """The fixed validation batches, or None without a validation split."""
-    val, size = session.splits.val, session.config.batch_size
+    config, val = session.config, session.splits.val
     if val is None or not len(val):
         return None
     if session.splits.streamed:
-        return val.dataset(min(size, len(val)))
+        return val.dataset(min(config.batch_size, len(val)))
+    size = max(config.batch_size, VAL_BATCH) if config.arch == "mlp" else config.batch_size
     from tfvae import data
 
     return data.make_pipeline(val, "none", min(size, len(val)), None, shuffle=False,
