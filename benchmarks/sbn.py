@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -56,12 +57,6 @@ MODELS = {
     "two-layer": dict(model="sbn", stochastic_layers=2, **_LINEAR),
     "two-layer-nonlinear": dict(model="sbn", stochastic_layers=2, **_DENSE),
 }
-
-
-def _median(values):
-    import statistics
-
-    return statistics.median(values)
 
 
 def run(args, name: str, estimator: str) -> None:
@@ -106,7 +101,7 @@ def run(args, name: str, estimator: str) -> None:
                    "train_images_per_sec": clock["images"] / clock["train"],
                    # After the first epoch (which includes XLA's compilation): the median epoch.
                    "steady_images_per_sec":
-                       50_000 / _median(clock["epochs"][1:] or clock["epochs"])}
+                       50_000 / statistics.median(clock["epochs"][1:] or clock["epochs"])}
             official = OFFICIAL.get(estimator, {}).get(step) if name == "nonlinear" else None
             if official:
                 row["official_train_elbo"], row["official_test_bound_k100"] = official

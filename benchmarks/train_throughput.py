@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ DEFAULT_BENCH = HERE.parent.parent / "shared" / "bench"
 # Runs inside a fresh process: trains with tfvae.train (the default fast path)
 # and reports its own figures, then its own peak RSS.
 TFVAE_CHILD = r"""
-import json, resource, sys, tempfile, time
+import json, resource, statistics, sys, tempfile, time
 from pathlib import Path
 opts = json.loads(sys.argv[1])
 import tfvae
@@ -56,8 +57,7 @@ with tempfile.TemporaryDirectory() as tmp:
     c0 = time.process_time()
     run = tfvae.train(out=Path(tmp) / "run", verbose=0, figures=False, **opts)
     secs = [h["seconds"] for h in run.history]
-    later = sorted(secs[1:]) or secs
-    median = later[len(later) // 2]
+    median = statistics.median(secs[1:] or secs)
     n_train = run.status["data"]["train"]
     out = {"program": "tfvae", "model": opts["model"], "arch": opts.get("arch", "mlp"),
            "path": choose_path(run.config), "epochs": opts["epochs"],
@@ -193,12 +193,6 @@ def main_job(args) -> None:
         print(json.dumps(_last_json(done.stdout)[-1]), flush=True)
 
 
-def _median(values):
-    import statistics
-
-    return statistics.median(values)
-
-
 def main():
     # As the tfvae command does (cli/main.py): oneDNN kernels on unless the user says.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
@@ -241,8 +235,8 @@ def main():
         for key, name in (("train_images_per_sec", "images_per_sec"),
                           ("peak_rss_mib", "peak_rss_mib"), ("iwae_sec", "iwae_sec")):
             if all(key in r for r in mine + theirs):
-                summary[f"tfvae_{name}"] = _median([r[key] for r in mine])
-                summary[f"peer_{name}"] = _median([r[key] for r in theirs])
+                summary[f"tfvae_{name}"] = statistics.median([r[key] for r in mine])
+                summary[f"peer_{name}"] = statistics.median([r[key] for r in theirs])
                 summary[f"{name}_ratio"] = summary[f"tfvae_{name}"] / summary[f"peer_{name}"]
         print(json.dumps(summary), flush=True)
 

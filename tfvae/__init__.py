@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 __version__ = "0.1.0"
 
@@ -38,25 +39,18 @@ _LAZY = {
     "Interrupted": ("tfvae.errors", "Interrupted"),
 }
 
-#: Public submodules, imported on first access as attributes.
-_SUBMODULES = frozenset({
-    "callbacks", "config", "data", "distribute", "distributions", "errors", "estimators",
-    "evaluation", "export", "figures", "gmm", "heads", "layered", "models", "networks",
-    "noise", "objectives", "options", "runs",
-})
-
 __all__ = sorted(_LAZY) + ["__version__"]
 
 
 def __getattr__(name):
-    if name in _SUBMODULES:  # tfvae.data.blocks(...) after a bare ``import tfvae``
-        value = importlib.import_module(f"tfvae.{name}")
-    else:
-        try:
-            module_name, attribute = _LAZY[name]
-        except KeyError:
-            raise AttributeError(f"module 'tfvae' has no attribute {name!r}") from None
+    if name in _LAZY:
+        module_name, attribute = _LAZY[name]
         value = getattr(importlib.import_module(module_name), attribute)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+        # A public submodule: tfvae.data.blocks(...) after a bare ``import tfvae``.
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module 'tfvae' has no attribute {name!r}")
     globals()[name] = value
     return value
 

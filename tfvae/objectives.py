@@ -89,12 +89,10 @@ def _bernoulli_draws_sum(logits, x):
     (a fused block's last, partial batch).
     """
     e = tf.exp(-tf.abs(logits))
-    value = tf.reduce_sum(x * logits - tf.nn.relu(logits) - tf.math.log1p(e), axis=-1)
+    value = tf.reduce_sum(_bernoulli_terms(logits, x, e), axis=-1)
 
     def grad(upstream):
-        r = 1.0 / (1.0 + e)
-        sigmoid = tf.where(logits >= 0, r, e * r)
-        return upstream[..., None] * (x - sigmoid), None
+        return upstream[..., None] * (x - _sigmoid_from(logits, e)), None
 
     return value, grad
 
@@ -118,14 +116,23 @@ def bernoulli_log_prob(logits, x):
     same linear function of ``x``).
     """
     e = tf.exp(-tf.abs(logits))
-    value = x * logits - tf.nn.relu(logits) - tf.math.log1p(e)
+    value = _bernoulli_terms(logits, x, e)
 
     def grad(upstream):
-        r = 1.0 / (1.0 + e)
-        sigmoid = tf.where(logits >= 0, r, e * r)
-        return upstream * (x - sigmoid), upstream * logits
+        return upstream * (x - _sigmoid_from(logits, e)), upstream * logits
 
     return value, grad
+
+
+def _bernoulli_terms(logits, x, e):
+    """``x * l - softplus(l)`` with ``e = exp(-|l|)`` (shared by both kernels above)."""
+    return x * logits - tf.nn.relu(logits) - tf.math.log1p(e)
+
+
+def _sigmoid_from(logits, e):
+    """``sigmoid(l)`` from ``e = exp(-|l|)``, without a second exponential."""
+    r = 1.0 / (1.0 + e)
+    return tf.where(logits >= 0, r, e * r)
 
 
 def rate(posterior, prior):

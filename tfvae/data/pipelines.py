@@ -169,7 +169,8 @@ def blocks(
     x = np.asarray(x)
     if mode is None:
         mode = "static" if is_binary(x) else "none"
-    if levels is None and x.dtype == np.uint8 and not getattr(modes.MODES.get(mode), "bits", 1):
+    bits = mode in modes.MODES and modes.MODES[mode].bits
+    if levels is None and x.dtype == np.uint8 and not bits:
         levels = 256  # as documented: 8-bit rows are 256 levels unless told
     spec = _check(x, mode, batch_size, levels)
     n = len(x)
