@@ -216,3 +216,19 @@ def test_light_modules_do_not_import_tensorflow(module):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_importing_tensorflow_pauses_the_collector_and_restores_it():
+    import gc
+    import importlib
+
+    import tfvae._keras as module
+
+    was = gc.isenabled()
+    try:
+        for state in (True, False):
+            (gc.enable if state else gc.disable)()
+            importlib.reload(module)
+            assert gc.isenabled() is state
+    finally:
+        (gc.enable if was else gc.disable)()

@@ -193,3 +193,35 @@ def test_evaluation_progress_is_shown_for_long_evaluations(capsys):
     err = capsys.readouterr().err
     assert "evaluate: 300/300 examples" in err and "left" in err
 
+
+
+def test_only_the_console_script_freezes_the_collector(runner, tmp_path, monkeypatch):
+    import atexit
+    import gc
+
+    from tfvae_cli import main as cli_main
+
+    import tfvae.training
+    from tfvae.errors import ConfigError
+
+    frozen = []
+
+    def fake_train(*args, **kwargs):
+        frozen.append(gc.get_freeze_count())
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(tfvae.training, "train", fake_train)
+    monkeypatch.setattr(cli_main, "_OWN_PROCESS", False)
+    gc.unfreeze()
+    # Inside another program (CliRunner here) its objects are left alone.
+    result = runner.invoke(cli, ["train", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 1 and "stop here" in result.output
+    monkeypatch.setattr(sys, "argv", ["tfvae", "train", "--out", str(tmp_path / "b")])
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli_main.main()
+        assert stop.value.code == 1
+    finally:
+        atexit.unregister(gc.freeze)
+        gc.unfreeze()
+    assert frozen[0] == 0 and frozen[1] > 0

@@ -53,6 +53,9 @@ def test_digits_trains_with_gaussian_likelihood(tmp_path):
     assert np.isfinite(ev["elbo"]) and np.isfinite(ev["log_likelihood"])
     samples = run.model.sample(4, seed=0)
     assert samples.shape == (4, 64)
+    # The optimizer's slots exist before fit, so the training function is traced once
+    # (a tf.function that creates variables on its first call is traced twice).
+    assert run.model.train_function.experimental_get_tracing_count() == 1
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):

@@ -6,11 +6,23 @@ whether or not the user imported Keras 3 first. Use ``tfvae.keras`` for
 callbacks, optimizers and layers that go with tfvae models.
 """
 
-import tensorflow as tf  # noqa: F401  (TensorFlow first: tf_keras registers into it)
-import tensorflow_probability as tfp
-import tf_keras as keras
+import gc
 
-tfd = tfp.distributions
-tfpl = tfp.layers
+# Importing TensorFlow, TFP and tf_keras makes about 600,000 objects and next to no
+# garbage, yet the cyclic collector would walk all of them again and again while
+# they load: 1.5-2.5 s of a 5-6 s import on 2 cores (benchmarks/train_throughput.py
+# --main-job). It is paused for the import and restored as it was.
+_collecting = gc.isenabled()
+gc.disable()
+try:
+    import tensorflow as tf  # noqa: F401  (TensorFlow first: tf_keras registers into it)
+    import tensorflow_probability as tfp
+    import tf_keras as keras
+
+    tfd = tfp.distributions  # TFP loads its parts on first use
+    tfpl = tfp.layers
+finally:
+    if _collecting:
+        gc.enable()
 
 __all__ = ["keras", "tf", "tfd", "tfp", "tfpl"]

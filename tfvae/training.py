@@ -408,6 +408,7 @@ def _build(session: Session, feed: Feed):
         model.compile(optimizer=keras.optimizers.Adam(config.lr),
                       prior_optimizer=prior_optimizer, **feed.compile)
         model.reseed(config.seed)
+        model.build_optimizers()
         if previous is not None:
             _restore_state(model, session.out / layout.CHECKPOINTS / previous.prefix, session.out)
         elif config.center_input or config.output_bias_from_data:
@@ -481,9 +482,7 @@ def _non_finite_message(session: Session, where, callbacks) -> str:
 def _restore_state(model, prefix: Path, out: Path) -> None:
     from tfvae._keras import tf
 
-    # Create the optimizer's slots first so every saved value has a home (under
-    # the caller's strategy scope, so they are mirrored like the weights).
-    model.optimizer.build(model.trainable_variables)
+    # The optimizers' slots exist (``_build``), so every saved value has a home.
     try:
         status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(str(prefix))
         status.assert_existing_objects_matched()

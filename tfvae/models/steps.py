@@ -62,6 +62,18 @@ class TrainingSteps:
         super().compile(optimizer=optimizer, steps_per_execution=steps_per_execution,
                         jit_compile=jit_compile, **kwargs)
 
+    def build_optimizers(self) -> None:
+        """Creates the optimizers' variables (Adam's moments, step counts) now.
+
+        Keras creates them in the first traced training function otherwise, and
+        a ``tf.function`` that creates variables on its first call is traced a
+        second time (0.5 s of the README's main job); ``tfvae.train`` calls this
+        after ``compile``. Building twice is a no-op.
+        """
+        self.optimizer.build(self.trainable_variables)
+        if getattr(self, "prior_optimizer", None) is not None and self.prior_variables:
+            self.prior_optimizer.build(self.prior_variables)
+
     @contextlib.contextmanager
     def _one_step_per_execution(self):
         # Keras' *_on_batch calls hand over one batch, yet a function compiled
@@ -197,9 +209,7 @@ class TrainingSteps:
         rows = tf.cast(rows, tf.int32)
         full = rows // batch
         with tf.init_scope():
-            self.optimizer.build(self.trainable_variables)
-            if getattr(self, "prior_optimizer", None) is not None and self.prior_variables:
-                self.prior_optimizer.build(self.prior_variables)
+            self.build_optimizers()
         self._run_block(block, full, packed)
         flat = tf.reshape(block, [-1, block.shape[-1]])
 
