@@ -79,12 +79,13 @@ print(json.dumps(out))
 # The README's main job, phase by phase, in a fresh process: what `tfvae train`
 # does with no options (the library call the command makes, figures included).
 MAINJOB_CHILD = r"""
-import json, sys, tempfile, time
+import gc, json, sys, tempfile, time
 t0 = time.perf_counter()
-import tensorflow
+import tfvae._keras  # TensorFlow, TFP and tf_keras, imported as the command does
 t_tf = time.perf_counter()
 import tfvae
 from tfvae_cli.main import cli
+gc.freeze()  # as the console script does before training
 t_import = time.perf_counter()
 marks = {}
 class Mark(tfvae.keras.callbacks.Callback):
