@@ -68,8 +68,11 @@ class TrainingSteps:
         Keras creates them in the first traced training function otherwise, and
         a ``tf.function`` that creates variables on its first call is traced a
         second time (0.5 s of the README's main job); ``tfvae.train`` calls this
-        after ``compile``. Building twice is a no-op.
+        after ``compile``. Building twice is a no-op, and a model without
+        variables yet is left for Keras to build at its first step.
         """
+        if not self.trainable_variables:
+            return
         self.optimizer.build(self.trainable_variables)
         if getattr(self, "prior_optimizer", None) is not None and self.prior_variables:
             self.prior_optimizer.build(self.prior_variables)
