@@ -110,8 +110,7 @@ class TrainingSteps:
         from tf_keras.src.saving import saving_lib
 
         self.compile(**saving_lib.deserialize_keras_object(config))
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
+        self.build_optimizers()
 
     @property
     def metrics(self):
