@@ -58,6 +58,35 @@ def test_digits_trains_with_gaussian_likelihood(tmp_path):
     assert run.model.train_function.experimental_get_tracing_count() == 1
 
 
+def test_fit_holds_the_training_rows_once(tmp_path, monkeypatch):
+    """The pipeline keeps its own (bit-packed) copy; the numpy rows are freed before fit."""
+    import gc
+    import weakref
+
+    import tfvae.training as training
+
+    refs = []
+    load = training.load_data
+
+    def load_and_watch(config):
+        dataset, splits = load(config)
+        refs.append(weakref.ref(splits.train))
+        return dataset, splits
+
+    alive = []
+
+    class Watch(tfvae.keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            gc.collect()
+            alive.append(refs[0]() is not None)
+
+    monkeypatch.setattr(training, "load_data", load_and_watch)
+    tfvae.train(out=tmp_path / "run", epochs=1, hidden=(16,), latent_dim=2, iwae_k=1,
+                verbose=0, figures=False, callbacks=[Watch()])
+    assert len(refs) == 1
+    assert alive == [False]
+
+
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     data = np.random.default_rng(0).random((300, 16)).astype(np.float32) * 1e30
     path = tmp_path / "huge.npy"

@@ -377,6 +377,7 @@ def _fit(session: Session, signals: _Signals):
         # only by families that fit something on the training rows afterwards.
         train = session.splits.train
         session.splits.train = np.empty((0,) + train.shape[1:], train.dtype)
+        del train  # the local name would keep the rows alive through fit
     val_ds = _validation(session)
     guard = cb.StopOnNonFinite(feed.steps_per_call, feed.batches_per_epoch)
     stop = cb.StopOnRequest()
