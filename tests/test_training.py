@@ -81,8 +81,8 @@ def test_fit_holds_the_training_rows_once(tmp_path, monkeypatch):
             alive.append(refs[0]() is not None)
 
     monkeypatch.setattr(training, "load_data", load_and_watch)
-    tfvae.train(out=tmp_path / "run", epochs=1, hidden=(16,), latent_dim=2, iwae_k=1,
-                verbose=0, figures=False, callbacks=[Watch()])
+    tfvae.train(out=tmp_path / "run", dataset="digits", epochs=1, hidden=(16,), latent_dim=2,
+                batch_size=64, iwae_k=1, verbose=0, figures=False, callbacks=[Watch()])
     assert len(refs) == 1
     assert alive == [False]
 
