@@ -44,9 +44,31 @@ def test_load_run_errors(tmp_path):
         tfvae.load_run(tmp_path)
 
 
-def test_digits_trains_with_gaussian_likelihood(tmp_path):
+def test_digits_trains_with_gaussian_likelihood(tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    import tfvae.training as training
+
+    rows, alive = [], []
+    load = training.load_data
+
+    def load_and_watch(config):
+        dataset, splits = load(config)
+        rows.append(weakref.ref(splits.train))
+        return dataset, splits
+
+    class Watch(tfvae.keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            gc.collect()
+            alive.append(rows[0]() is not None)
+
+    monkeypatch.setattr(training, "load_data", load_and_watch)
     run = tfvae.train(out=tmp_path / "digits", dataset="digits", epochs=2, hidden=(32,),
-                      latent_dim=2, batch_size=64, iwae_k=5, verbose=0, figures=False)
+                      latent_dim=2, batch_size=64, iwae_k=5, verbose=0, figures=False,
+                      callbacks=[Watch()])
+    # The pipeline holds the rows (bit-packed when binary); the numpy ones are freed before fit.
+    assert len(rows) == 1 and alive == [False]
     assert run.config.likelihood == "gaussian"
     assert run.config.image_shape == (8, 8, 1)
     ev = run.evaluation
@@ -56,35 +78,6 @@ def test_digits_trains_with_gaussian_likelihood(tmp_path):
     # The optimizer's slots exist before fit, so the training function is traced once
     # (a tf.function that creates variables on its first call is traced twice).
     assert run.model.train_function.experimental_get_tracing_count() == 1
-
-
-def test_fit_holds_the_training_rows_once(tmp_path, monkeypatch):
-    """The pipeline keeps its own (bit-packed) copy; the numpy rows are freed before fit."""
-    import gc
-    import weakref
-
-    import tfvae.training as training
-
-    refs = []
-    load = training.load_data
-
-    def load_and_watch(config):
-        dataset, splits = load(config)
-        refs.append(weakref.ref(splits.train))
-        return dataset, splits
-
-    alive = []
-
-    class Watch(tfvae.keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            gc.collect()
-            alive.append(refs[0]() is not None)
-
-    monkeypatch.setattr(training, "load_data", load_and_watch)
-    tfvae.train(out=tmp_path / "run", dataset="digits", epochs=1, hidden=(16,), latent_dim=2,
-                batch_size=64, iwae_k=1, verbose=0, figures=False, callbacks=[Watch()])
-    assert len(refs) == 1
-    assert alive == [False]
 
 
 def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
