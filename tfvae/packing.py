@@ -26,6 +26,13 @@ def is_block(data) -> bool:
     return isinstance(data, dict) and ROWS_KEY in data and (FLOAT_KEY in data or BITS_KEY in data)
 
 
+def block_data(block) -> tuple:
+    """``(data, packed)`` of a fused block (or of its element spec): its
+    ``[steps, batch, width]`` tensor and whether that is bit-packed."""
+    packed = BITS_KEY in block
+    return block[BITS_KEY if packed else FLOAT_KEY], packed
+
+
 def pack_bits(x: np.ndarray, chunk_rows: int = 8192) -> np.ndarray:
     """``np.packbits(x, axis=1)`` of a ``(N, D)`` array of bits, chunk by chunk.
 

@@ -376,9 +376,9 @@ def _fit(session: Session, signals: _Signals):
     if family(config.model).post_fit is None and not session.splits.streamed:
         # The pipeline holds its own tensor copy; the numpy one is needed again
         # only by families that fit something on the training rows afterwards.
-        train = session.splits.train
-        session.splits.train = np.empty((0,) + train.shape[1:], train.dtype)
-        del train  # the local name would keep the rows alive through fit
+        # (No local name for them: it would keep them alive through fit.)
+        splits = session.splits
+        splits.train = np.empty((0,) + splits.train.shape[1:], splits.train.dtype)
     val_ds = _validation(session)
     guard = cb.StopOnNonFinite(feed.steps_per_call, feed.batches_per_epoch)
     stop = cb.StopOnRequest()

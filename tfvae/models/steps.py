@@ -14,7 +14,7 @@ import contextlib
 from tfvae import distribute
 from tfvae._keras import keras, tf
 from tfvae.errors import ConfigError
-from tfvae.packing import BITS_KEY, FLOAT_KEY, ROWS_KEY, is_block, unpack_bits
+from tfvae.packing import ROWS_KEY, block_data, is_block, unpack_bits
 
 #: ``compile``'s default ``steps_per_execution``: Keras runs this many training
 #: steps per call into the runtime (``benchmarks/user_fit.py`` measures it).
@@ -102,8 +102,7 @@ class TrainingSteps:
                               f".dataset, got {element_spec!r}")
         if getattr(self, "_jit_compile", False):
             return False
-        packed = BITS_KEY in element_spec
-        spec = element_spec[BITS_KEY if packed else FLOAT_KEY]
+        spec, packed = block_data(element_spec)
         self.build_optimizers()
 
         # Called from a graph, as Keras' training function calls it: the same
@@ -215,9 +214,8 @@ class TrainingSteps:
     def train_step(self, data):
         """One training step, or a fused block of them (see :func:`tfvae.data.blocks`)."""
         if is_block(data):
-            packed = BITS_KEY in data
-            return self._train_block(data[BITS_KEY if packed else FLOAT_KEY], data[ROWS_KEY],
-                                     packed)
+            block, packed = block_data(data)
+            return self._train_block(block, data[ROWS_KEY], packed)
         loss, values = self._step(self._unpack(data))
         return self._record(loss, values)
 
