@@ -210,6 +210,15 @@ class TrainingSteps:
         self.optimizer.apply_gradients(pairs)
         return loss, values
 
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, None], tf.float32)])
+    def _block_step(self, x):
+        """``_step`` for a batch of any size, traced once per model.
+
+        A block's compiled loop and its partial batch (run outside XLA) both
+        call it, so the step is traced once rather than twice.
+        """
+        return self._step(tf.reshape(x, [-1, self.input_dim]))
+
     @plain_trace
     def train_step(self, data):
         """One training step, or a fused block of them (see :func:`tfvae.data.blocks`)."""
@@ -253,7 +262,7 @@ class TrainingSteps:
         flat = tf.reshape(block, [-1, block.shape[-1]])
 
         def tail():
-            loss, values = self._step(self._batch_of(flat[full * batch:rows], packed))
+            loss, values = self._block_step(self._batch_of(flat[full * batch:rows], packed))
             for name, value in self._measured(loss, values).items():
                 self._trackers[name].update_state(value)
             return tf.constant(0)
@@ -285,7 +294,7 @@ class TrainingSteps:
         size = len(self._trackers)
 
         def body(i, sums, counts):
-            loss, values = self._step(self._batch_of(block[i], packed))
+            loss, values = self._block_step(self._batch_of(block[i], packed))
             step_sums, step_counts = self._metric_sums(loss, values)
             return i + 1, sums + step_sums, counts + step_counts
 
