@@ -176,6 +176,13 @@ def test_compile_block_compiles_the_loop_fit_uses_and_trains_nothing(make_model)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=1,
                       jit_compile=False)
         model.reseed(5)
+        traced, step = [], model._step
+
+        def counted(x, step=step, traced=traced):
+            traced.append(x.shape)  # runs once per trace of the step
+            return step(x)
+
+        model._step = counted
         if ahead:
             before = [w.numpy() for w in model.weights]
             assert model.compile_block(blocks.dataset.element_spec) is True
@@ -187,6 +194,8 @@ def test_compile_block_compiles_the_loop_fit_uses_and_trains_nothing(make_model)
                             verbose=0)
         assert int(model.optimizer.iterations.numpy()) == 4  # 3 x 20 + a partial 10
         assert model._run_block.experimental_get_tracing_count() == 1  # fit reused the trace
+        # The loop and the partial batch (outside XLA) share one trace of the step.
+        assert [shape.as_list() for shape in traced] == [[None, 784]]
         runs.append((history.history["loss"][0], [w.numpy() for w in model.trainable_weights]))
     (loss_a, w_a), (loss_b, w_b) = runs
     np.testing.assert_allclose(loss_a, loss_b, rtol=1e-4)
