@@ -149,3 +149,31 @@ def test_best_weights_are_those_of_the_best_epoch_and_last_those_of_the_last(tmp
     for got, want in zip(weights_of(runs.LAST), first, strict=True):
         np.testing.assert_array_equal(got, want + 1.0)
     assert recorder.record.best_epoch == 1 and recorder.record.epoch == 2
+
+
+def test_the_commit_point_is_flushed_to_disk_and_its_copies_are_not(tmp_path, monkeypatch):
+    """resume.json is fsynced before its rename; metrics and the training status, rewritten
+    from it every epoch (and on resuming), skip the 5-10 ms flush; final statuses do not."""
+    from tfvae.runs import layout, record
+
+    flushed = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))  # .NAME.random.tmp
+        flushed.append(name[1:].rsplit(".", 2)[0])
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    (tmp_path / layout.CHECKPOINTS).mkdir()
+    state = record.Record(1, record.Record.prefix_for(1), [{"epoch": 1, "loss": 2.0}], 2.0, 1,
+                          "loss")
+    record.write(tmp_path, state)
+    record.write_metrics(tmp_path, state.history)
+    record.write_status(tmp_path, tfvae.Config(), "training", state)
+    assert flushed == [layout.RESUME]
+    record.write_status(tmp_path, tfvae.Config(), "completed", state)
+    assert flushed == [layout.RESUME, layout.STATUS]
+    assert json.loads((tmp_path / layout.CHECKPOINTS / layout.RESUME).read_text())["epoch"] == 1
+    assert json.loads((tmp_path / layout.METRICS_JSON).read_text()) == state.history
+    assert json.loads((tmp_path / layout.STATUS).read_text())["status"] == "completed"

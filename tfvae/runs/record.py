@@ -127,19 +127,27 @@ def write(run_dir, record: Record) -> None:
 
 
 def write_metrics(run_dir, history: list) -> None:
-    """``metrics.json`` and ``metrics.csv`` (``epoch`` first, then ``seconds``, then sorted)."""
+    """``metrics.json`` and ``metrics.csv`` (``epoch`` first, then ``seconds``, then sorted).
+
+    Both are copies of the record's history (rewritten from it on resuming),
+    so they are not flushed to the disk one by one.
+    """
     run_dir = Path(run_dir)
-    files.atomic_write_json(run_dir / layout.METRICS_JSON, history)
+    files.atomic_write_json(run_dir / layout.METRICS_JSON, history, durable=False)
     names = sorted({k for row in history for k in row} - set(LEADING_COLUMNS))
     columns = [c for c in LEADING_COLUMNS if any(c in row for row in history)] + names
     lines = [",".join(columns)] + [
         ",".join(repr(row[c]) if c in row else "" for c in columns) for row in history
     ]
-    files.atomic_write_text(run_dir / layout.METRICS_CSV, "\n".join(lines) + "\n")
+    files.atomic_write_text(run_dir / layout.METRICS_CSV, "\n".join(lines) + "\n", durable=False)
 
 
 def write_status(run_dir, config, status: str, record: Record | None, **extra) -> dict:
-    """Writes ``run.json``: ``status`` plus what the record says; returns it."""
+    """Writes ``run.json``: ``status`` plus what the record says; returns it.
+
+    A ``"training"`` status (rewritten after every epoch from the record) is
+    not flushed to the disk; the others are.
+    """
     data = {
         "status": status,
         "model": config.model,
@@ -150,7 +158,7 @@ def write_status(run_dir, config, status: str, record: Record | None, **extra) -
         "versions": versions(),
         **extra,
     }
-    files.atomic_write_json(Path(run_dir) / layout.STATUS, data)
+    files.atomic_write_json(Path(run_dir) / layout.STATUS, data, durable=status != "training")
     return data
 
 
