@@ -216,6 +216,13 @@ def test_compile_block_explains_what_it_takes(make_model):
     model.compile(optimizer="adam", steps_per_execution=1, jit_compile=False)
     with pytest.raises(data.ConfigError, match="element_spec of tfvae.data.blocks"):
         model.compile_block(tf.TensorSpec([None, 784], tf.float32))
+    # Rows of another width (a 784-input model): refused, not reshaped into other batches.
+    half = np.random.default_rng(0).random((70, 392)).astype(np.float32)
+    with pytest.raises(data.ConfigError, match="rows of 392 values, but the model takes 784"):
+        model.compile_block(data.blocks(half, 20, seed=0).dataset.element_spec)
+    with pytest.raises(data.ConfigError, match="rows of 49 bytes of packed bits, but .* 784 "
+                                               r"inputs \(98 bytes"):
+        model.compile_block(data.blocks(half > 0.5, 20, seed=0).dataset.element_spec)
     model.compile(optimizer="adam")  # XLA over Keras' whole function: nothing to do ahead
     assert model.compile_block(data.blocks(X70, 20, seed=0).dataset.element_spec) is False
 

@@ -103,6 +103,7 @@ class TrainingSteps:
         if getattr(self, "_jit_compile", False):
             return False
         spec, packed = block_data(element_spec)
+        self._check_block(spec, packed)
         self.build_optimizers()
 
         # Called from a graph, as Keras' training function calls it: the same
@@ -217,7 +218,20 @@ class TrainingSteps:
         A block's compiled loop and its partial batch (run outside XLA) both
         call it, so the step is traced once rather than twice.
         """
-        return self._step(tf.reshape(x, [-1, self.input_dim]))
+        return self._step(tf.ensure_shape(x, [None, self.input_dim]))
+
+    def _check_block(self, block, packed: bool) -> None:
+        """Refuses blocks whose rows are not ``input_dim`` wide (packed: its bytes)."""
+        if block.shape.rank != 3 or block.shape[1] is None:
+            raise ConfigError(f"a training block must be (steps, batch, D), got {block.shape}")
+        width = -(-self.input_dim // 8) if packed else self.input_dim
+        if block.shape[-1] != width:
+            unit = "bytes of packed bits" if packed else "values"
+            raise ConfigError(
+                f"the training blocks hold rows of {block.shape[-1]} {unit}, but the model takes "
+                f"{self.input_dim} inputs ({width} {unit}); make the blocks from rows of the "
+                "model's input size"
+            )
 
     @plain_trace
     def train_step(self, data):
@@ -251,8 +265,7 @@ class TrainingSteps:
                 "ones: the optimizer's cross-replica update cannot run inside the compiled "
                 "loop); under a strategy train on plain batches (tfvae.data.make_pipeline)"
             )
-        if block.shape.rank != 3 or block.shape[1] is None:
-            raise ConfigError(f"a training block must be (steps, batch, D), got {block.shape}")
+        self._check_block(block, packed)
         batch = int(block.shape[1])
         rows = tf.cast(rows, tf.int32)
         full = rows // batch
