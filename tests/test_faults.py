@@ -234,6 +234,24 @@ def test_a_full_disk_keeps_the_last_good_epoch(tmp_path, monkeypatch):
     assert run.status["status"] == "completed" and run.status["epochs_completed"] == 3
 
 
+@pytest.mark.slow
+def test_a_full_disk_while_writing_the_state_leaves_no_partial_state(tmp_path, monkeypatch):
+    # Measured on a full 30 MiB tmpfs: TensorFlow had made PREFIX_temp/ for its shards.
+    from tfvae._keras import tf
+
+    def full(self, file_prefix, options=None):
+        os.makedirs(f"{file_prefix}_temp")
+        with open(f"{file_prefix}_temp/part-00000-of-00001", "wb") as f:
+            f.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", file_prefix)
+
+    monkeypatch.setattr(tf.train.Checkpoint, "write", full)
+    out = tmp_path / "run"
+    with pytest.raises(files.StorageError, match="is full.*no completed epoch is kept"):
+        tfvae.train(out=out, epochs=2, **SMALL)
+    assert not [p for p in (out / "checkpoints").rglob("*") if p.name.startswith("epoch-")]
+
+
 def test_a_full_disk_while_copying_the_best_weights_is_a_storage_error(tmp_path, monkeypatch):
     # The first epoch always improves, so its best weights are copied from
     # its last ones: a full disk there leaves no partial file and no epoch.

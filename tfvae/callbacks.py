@@ -217,6 +217,8 @@ class RunRecorder(keras.callbacks.Callback):
             for partial in (folder / prefix).parent.glob(Path(prefix).name + ".*"):
                 with contextlib.suppress(OSError):
                     partial.unlink()
+            # TensorFlow writes the state's shards into PREFIX_temp/ first.
+            shutil.rmtree(f"{folder / prefix}_temp", ignore_errors=True)
             if files.no_space(exc):
                 kept = "no completed epoch is kept" if self.record is None else \
                     f"epoch {self.record.epoch} is kept"
