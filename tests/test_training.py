@@ -112,3 +112,39 @@ def test_a_conv_run_trains_in_keras_loop_batch_by_batch(tmp_path):
                       latent_dim=2, epochs=1, batch_size=64, iwae_k=2, verbose=0,
                       figures=False, callbacks=[Probe()])
     assert seen == {"steps": -(-run.status["data"]["train"] // 64), "jit": False}
+
+
+@pytest.mark.parametrize("at_batch, recorded", [(4, 1), (1, None)])
+def test_a_stop_request_records_an_epoch_only_if_all_its_steps_ran(tmp_path, at_batch, recorded):
+    """Ctrl-C during an epoch's last step (or its validation) keeps that epoch; earlier, not,
+    and the progress line says the epoch was cut short instead of printing its figures."""
+    import io
+
+    from tfvae import callbacks as cb
+    from tfvae import keras
+    from tfvae.runs import record
+
+    x = (np.random.default_rng(0).random((100, 784)) < 0.3).astype(np.float32)
+    model = tfvae.GaussianVAE(latent_dim=2, hidden=[8])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=1,
+                  jit_compile=False)
+    stop = cb.StopOnRequest()
+
+    class Press(keras.callbacks.Callback):  # Ctrl-C as the step of batch `at_batch` starts
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch + 1 == at_batch:
+                stop.request()
+
+    out = io.StringIO()
+    progress = cb.Progress(4, 25, 100, live=False, stream=out, skip=(stop,))
+    recorder = cb.RunRecorder(tmp_path, "loss", skip=(stop,))
+    history = model.fit(x, batch_size=25, epochs=3, verbose=0,
+                        callbacks=[Press(), stop, recorder, progress])
+    assert len(history.epoch) == 1  # training stopped in the first epoch
+    state = record.read(tmp_path)
+    assert (None if state is None else state.epoch) == recorded
+    line = out.getvalue()
+    if recorded:
+        assert line.startswith("epoch 1/3: 100 images in") and "loss" in line
+    else:
+        assert line == "epoch 1/3: stopped after 1 of 4 batches; this epoch is not recorded\n"

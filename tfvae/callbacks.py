@@ -99,26 +99,34 @@ class StopOnRequest(keras.callbacks.Callback):
     """Stops training after the current step once :meth:`request` was called.
 
     ``tfvae.train`` calls :meth:`request` from its Ctrl-C and SIGTERM
-    handlers, so training stops at a clean point: the epoch in progress is
-    not recorded, every completed epoch is.
+    handlers, so training stops at a clean point: an epoch cut short is not
+    recorded (:attr:`stopped`), every epoch whose steps all ran is (a request
+    during its last step or its validation stops training after it).
     """
 
     def __init__(self):
         super().__init__()
         self.requested = False
+        self._done = 0
 
     def request(self) -> None:
         self.requested = True
         if self.model is not None:
             self.model.stop_training = True
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._done = 0
+
     def on_train_batch_end(self, batch, logs=None):
+        self._done = batch + 1
         if self.requested:
             self.model.stop_training = True
 
     @property
     def stopped(self) -> bool:
-        return self.requested
+        """True once a stop was requested and the epoch in progress was cut short."""
+        steps = (self.params or {}).get("steps")
+        return self.requested and (steps is None or self._done < steps)
 
 
 class RunRecorder(keras.callbacks.Callback):
@@ -303,11 +311,15 @@ class Progress(keras.callbacks.Callback):
       steps_per_call: batches per Keras step (a fused block's; 1 otherwise).
       live: update a line on a terminal (None: when ``stream`` is a terminal).
       stream: where to write (default ``sys.stdout``).
+      skip: callbacks whose ``stopped`` property marks an epoch cut short
+        (as :class:`RunRecorder`'s): its line says so instead.
     """
 
     def __init__(self, batches_per_epoch: int, batch_size: int, images_per_epoch: int,
-                 steps_per_call: int = 1, live: bool | None = None, stream=None):
+                 steps_per_call: int = 1, live: bool | None = None, stream=None, skip=()):
         super().__init__()
+        self.skip = tuple(skip)
+        self._done = 0
         self.batches = int(batches_per_epoch)
         self.batch_size = int(batch_size)
         self.images = int(images_per_epoch)
@@ -321,6 +333,7 @@ class Progress(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        self._done = 0
         self._t0 = self._t_last = time.perf_counter()
 
     def _head(self) -> str:
@@ -328,9 +341,9 @@ class Progress(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._t_last = time.perf_counter()  # training time, validation left out
+        done = self._done = min((batch + 1) * self.steps_per_call, self.batches)
         if not self.live:
             return
-        done = min((batch + 1) * self.steps_per_call, self.batches)
         images = min(done * self.batch_size, self.images)
         rate = images / max(self._t_last - self._t0, 1e-9)
         loss = (logs or {}).get("loss")
@@ -343,6 +356,11 @@ class Progress(keras.callbacks.Callback):
         seconds = self._t_last - self._t0
         metrics = ", ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items())
         end = "\r" if self.live else ""
+        if any(getattr(c, "stopped", False) for c in self.skip):
+            self.stream.write(f"{end}{self._head()}: stopped after {self._done:,} of "
+                              f"{self.batches:,} batches; this epoch is not recorded\n")
+            self.stream.flush()
+            return
         self.stream.write(f"{end}{self._head()}: {self.images:,} images in {seconds:.2f} s "
                           f"({self.images / max(seconds, 1e-9):,.0f} images/s); {metrics}\n")
         self.stream.flush()

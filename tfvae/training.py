@@ -6,9 +6,9 @@ available piece by piece (:mod:`tfvae.data`, the model classes, ``fit``,
 own loop.
 
 Ctrl-C and SIGTERM stop training at a clean point (after the step in
-progress; the epoch in progress is not recorded) and raise
-:class:`tfvae.errors.Interrupted`, whose message says what was kept and how
-to continue.
+progress; an epoch cut short is not recorded, one whose steps all ran is)
+and raise :class:`tfvae.errors.Interrupted`, whose message says what was
+kept and how to continue.
 """
 
 from __future__ import annotations
@@ -462,7 +462,7 @@ def _callbacks(session: Session, feed: Feed, has_val: bool, guard, stop) -> list
     if session.verbose:
         found.append(cb.Progress(feed.batches_per_epoch, config.batch_size,
                                  feed.images_per_epoch, feed.steps_per_call,
-                                 live=session.verbose == 1))
+                                 live=session.verbose == 1, skip=(guard, stop)))
     if session.chief:
         found.append(keras.callbacks.TensorBoard(log_dir=str(out / layout.TENSORBOARD),
                                                  profile_batch=0, write_graph=False))
