@@ -32,6 +32,10 @@ class InterruptedByUser(click.ClickException):
 
     exit_code = 130
 
+    def show(self, file=None):
+        # The user asked for the stop: the message, without click's "Error: ".
+        click.echo(self.format_message(), file=file, err=file is None)
+
 
 @contextlib.contextmanager
 def _native_stderr_silenced():

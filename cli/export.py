@@ -58,4 +58,4 @@ def export(run_dir, fmt, quantize, out, overwrite, representative, checkpoint):
     )
     total = sum(f["bytes"] for f in manifest["files"].values())
     click.echo(f"exported {manifest['model_type']} model to {out}: "
-               f"{len(manifest['files'])} files, {total / 1e6:.2f} MB")
+               f"{len(manifest['files'])} files listed in manifest.json, {total / 1e6:.2f} MB")

@@ -53,6 +53,21 @@ def test_programming_errors_keep_their_traceback(runner, tmp_path, monkeypatch):
     assert result.exit_code != 0 and isinstance(result.exception, TypeError)
 
 
+def test_an_interrupt_says_what_was_kept_without_calling_it_an_error(runner, tmp_path,
+                                                                    monkeypatch):
+    import tfvae.training
+    from tfvae.errors import Interrupted
+
+    said = "interrupted after 3 of 9 epochs, all saved in run; continue with: ..."
+
+    def stopped(*args, **kwargs):
+        raise Interrupted(said)
+
+    monkeypatch.setattr(tfvae.training, "train", stopped)
+    result = runner.invoke(cli, ["train", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 130 and result.output.splitlines()[-1] == said
+
+
 def test_train_evaluate_sample_end_to_end(runner, tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(cli, ["train", "--epochs", "1", "--hidden", "32", "--latent-dim", "2",
