@@ -215,9 +215,9 @@ def _no_autotune():
     """Options for a pipeline whose buffers are all fixed: no autotuning thread.
 
     With autotuning on, deleting the iterator at the end of ``fit`` waited
-    for tf.data's tuning thread to wake: 5-7 s in about half of the README's
-    main-job runs measured (the stack: ``~RootDataset::Iterator`` joining the
-    thread in ``Model::OptimizeLoop``), nothing without it.
+    for tf.data's tuning thread to wake: 5-7 s in 11 of 26 runs of the
+    README's main job (the stack: ``~RootDataset::Iterator`` joining the
+    thread in ``Model::OptimizeLoop``), never in the runs without it.
     """
     from tfvae._keras import tf
 
