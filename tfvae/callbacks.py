@@ -50,6 +50,11 @@ class KLWarmup(keras.callbacks.Callback):
         self.model.kl_weight.assign(weight)
 
 
+def _cut_short(callbacks) -> bool:
+    """Whether any of ``callbacks`` (``stopped`` properties) marks the epoch as cut short."""
+    return any(getattr(c, "stopped", False) for c in callbacks)
+
+
 class StopOnNonFinite(keras.callbacks.Callback):
     """Stops training at the first non-finite loss and records where it appeared.
 
@@ -184,7 +189,7 @@ class RunRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        if any(getattr(c, "stopped", False) for c in self.skip) or not all(
+        if _cut_short(self.skip) or not all(
                 math.isfinite(v) for v in logs.values()):
             return  # keep the last good epoch
         row = {"epoch": epoch + 1, "seconds": time.perf_counter() - self._t0, **logs}
@@ -208,7 +213,9 @@ class RunRecorder(keras.callbacks.Callback):
             record.write(self.run_dir, new)
             record.write_metrics(self.run_dir, new.history)
             if self.config is not None:
-                record.write_status(self.run_dir, self.config, "training", new, data=self.data)
+                # Rewritten from the record every epoch: not flushed to the disk.
+                record.write_status(self.run_dir, self.config, "training", new, durable=False,
+                                    data=self.data)
         for old in (self.run_dir / layout.CHECKPOINTS / layout.STATE).glob("epoch-*"):
             if not old.name.startswith(f"epoch-{new.epoch:04d}."):
                 old.unlink()
@@ -356,7 +363,7 @@ class Progress(keras.callbacks.Callback):
         seconds = self._t_last - self._t0
         metrics = ", ".join(f"{k} {float(v):.4g}" for k, v in (logs or {}).items())
         end = "\r" if self.live else ""
-        if any(getattr(c, "stopped", False) for c in self.skip):
+        if _cut_short(self.skip):
             self.stream.write(f"{end}{self._head()}: stopped after {self._done:,} of "
                               f"{self.batches:,} batches; this epoch is not recorded\n")
             self.stream.flush()

@@ -142,11 +142,11 @@ def write_metrics(run_dir, history: list) -> None:
     files.atomic_write_text(run_dir / layout.METRICS_CSV, "\n".join(lines) + "\n", durable=False)
 
 
-def write_status(run_dir, config, status: str, record: Record | None, **extra) -> dict:
+def write_status(run_dir, config, status: str, record: Record | None, durable: bool = True,
+                 **extra) -> dict:
     """Writes ``run.json``: ``status`` plus what the record says; returns it.
 
-    A ``"training"`` status (rewritten after every epoch from the record) is
-    not flushed to the disk; the others are.
+    ``durable``: flush it to the disk (see :func:`tfvae.files.atomic_write_bytes`).
     """
     data = {
         "status": status,
@@ -158,7 +158,7 @@ def write_status(run_dir, config, status: str, record: Record | None, **extra) -
         "versions": versions(),
         **extra,
     }
-    files.atomic_write_json(Path(run_dir) / layout.STATUS, data, durable=status != "training")
+    files.atomic_write_json(Path(run_dir) / layout.STATUS, data, durable)
     return data
 
 
