@@ -338,6 +338,29 @@ def test_fused_bernoulli_log_prob_matches_tfp(binary):
     np.testing.assert_allclose(objectives.log_likelihood(layer_output, x), theirs, rtol=1e-5)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_log1p_unit_is_as_accurate_as_log1p(compiled):
+    # Goldberg's one-log formula: a few ulps everywhere in [0, 1], the values
+    # that round 1 + e to 1 included (a plain log(1 + e) returns 0 there).
+    e = np.concatenate([[0.0], np.logspace(-37, 0, 4001)]).astype(np.float32)
+    fn = tf.function(objectives.log1p_unit, jit_compile=True) if compiled else \
+        objectives.log1p_unit
+    ours = fn(tf.constant(e)).numpy()
+    np.testing.assert_allclose(ours, np.log1p(e.astype(np.float64)), rtol=5e-7, atol=0)
+
+
+def test_bernoulli_terms_keep_their_relative_accuracy_for_confident_logits():
+    # x * l - softplus(l) for binary x is 0 or -|l|, minus log1p(exp(-|l|)): tiny
+    # when the pixel agrees with a confident logit (exp(-80) = 1.8e-35, a normal
+    # float), and still accurate to a few ulps there.
+    logits = np.concatenate([np.linspace(-80, 80, 3201), [-17.0, 17.0, 0.0]]).astype(np.float32)
+    for x in (np.zeros_like(logits), np.ones_like(logits)):
+        ours = objectives.bernoulli_log_prob(tf.constant(logits), tf.constant(x)).numpy()
+        l64 = logits.astype(np.float64)
+        exact = (x * l64 - np.maximum(l64, 0)) - np.log1p(np.exp(-np.abs(l64)))
+        np.testing.assert_allclose(ours, exact, rtol=2e-6, atol=0)
+
+
 def test_evaluate_takes_uint8_bits_like_floats(binary_images):
     model = tfvae.GaussianVAE(latent_dim=3, hidden=[16])
     bits = binary_images[:40].astype(np.uint8)
