@@ -67,7 +67,8 @@ def train(out, resume, **options):
       tfvae train --strategy mirrored --batch-size 512   # every local GPU
     """
     from tfvae.config import RESUMABLE_FIELDS, Config
-    from tfvae.runs.layout import check_new_out, check_run_dir, default_out
+    from tfvae.data.sources import check_path
+    from tfvae.runs.layout import RunLock, check_new_out, check_run_dir, default_out
 
     verbose = 1 if sys.stdout.isatty() else 2
     progress = _evaluation_progress()
@@ -84,10 +85,13 @@ def train(out, resume, **options):
                 f"a resumed run keeps its configuration: {flags} cannot change; only "
                 f"{' and '.join('--' + n for n in RESUMABLE_FIELDS)} can")
         check_run_dir(resume)
+        RunLock.check_free(resume)  # a second writer is refused before TensorFlow loads
         click.echo(f"resuming run {resume}", err=True)
         _report(_library_train(resume=resume, verbose=verbose, progress=progress, **given))
         return
     config = Config(**options)
+    if config.data_dir is not None:
+        check_path(config.data_dir)
     if out is None:
         out = str(default_out(config.model))
     elif config.strategy != "multiworker":

@@ -4,7 +4,10 @@ Tests run offline on the package's own data (the embedded mnist-10k, small
 arrays made here) and are seeded; slow ones are marked ``slow``.
 """
 
+import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +59,24 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "tiny"
     tfvae.train(out=out, epochs=2, hidden=(64,), latent_dim=2, iwae_k=10, verbose=0)
     return out
+
+
+@pytest.fixture
+def hold_lock():
+    """``with hold_lock(run_dir) as pid:`` another process holds the run's lock."""
+    return _lock_held_by_another_process
+
+
+@contextlib.contextmanager
+def _lock_held_by_another_process(run_dir):
+    """Yields the pid of a process holding ``run_dir``'s lock; SIGKILLs it after."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from tfvae.runs.layout import RunLock; "
+         "held = RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)",
+         str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder.pid
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops the lock with the process
+        holder.wait()

@@ -171,6 +171,7 @@ def test_run_directory_problems(runner, tmp_path, tiny_run):
         (["export", "{run}", "--out", "{other}"], "not a tfvae export"),
         (["export", "{run}", "--out", "{other}", "--overwrite"], "not a tfvae export"),
         (["sample", "{missing}", "--out", "{png}"], "does not exist"),
+        (["train", "--data-dir", "{missing}", "--out", "{fresh}"], "data path"),
     ],
 )
 def test_refusals_come_before_tensorflow_is_imported(tiny_run, tmp_path, args, words):
@@ -179,7 +180,7 @@ def test_refusals_come_before_tensorflow_is_imported(tiny_run, tmp_path, args, w
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
     values = {"run": tiny_run, "missing": tmp_path / "nope", "other": other,
-              "png": tmp_path / "s.png"}
+              "png": tmp_path / "s.png", "fresh": tmp_path / "fresh"}
     argv = [a.format(**values) for a in args]
     code = ("import sys; sys.modules['tensorflow'] = None; "
             "from tfvae_cli.main import main; sys.argv = ['tfvae'] + sys.argv[1:]; main()")
@@ -188,6 +189,23 @@ def test_refusals_come_before_tensorflow_is_imported(tiny_run, tmp_path, args, w
     assert done.returncode == 1, done.stderr[-2000:]
     assert words in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert (other / "notes.txt").read_text() == "keep me"
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_a_second_writer_is_refused_before_tensorflow_is_imported(tiny_run, tmp_path, hold_lock):
+    """`train --resume` of a run another process holds: refused at once, nothing said first."""
+    import shutil
+
+    run = tmp_path / "held"
+    shutil.copytree(tiny_run, run)
+    code = ("import sys; sys.modules['tensorflow'] = None; "
+            "from tfvae_cli.main import main; sys.argv = ['tfvae'] + sys.argv[1:]; main()")
+    with hold_lock(run) as pid:
+        done = subprocess.run([sys.executable, "-c", code, "train", "--resume", str(run)],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert f"in use by tfvae process {pid}" in done.stderr, done.stderr[-2000:]
+    assert "resuming" not in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_commands_are_quiet_by_default(tiny_run, tmp_path):

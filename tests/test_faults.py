@@ -154,22 +154,15 @@ def test_resume_with_fewer_epochs_than_done_says_so(one_epoch):
 
 
 @pytest.mark.slow
-def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_lock(one_epoch, tmp_path):
+def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_lock(one_epoch, tmp_path,
+                                                                   hold_lock):
     import shutil
 
     run = tmp_path / "locked"
     shutil.copytree(one_epoch, run)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from tfvae.runs.layout import RunLock; "
-         "held = RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)",
-         str(run)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(RunDirError, match=f"in use by tfvae process {holder.pid}"):
+    with hold_lock(run) as pid:
+        with pytest.raises(RunDirError, match=f"in use by tfvae process {pid}"):
             tfvae.train(resume=run, epochs=2, verbose=0, figures=False)
-    finally:
-        holder.kill()  # SIGKILL: the kernel drops the lock with the process
-        holder.wait()
     run_after = tfvae.train(resume=run, epochs=2, verbose=0, figures=False)
     assert run_after.status["epochs_completed"] == 2
 

@@ -151,6 +151,21 @@ def test_best_weights_are_those_of_the_best_epoch_and_last_those_of_the_last(tmp
     assert recorder.record.best_epoch == 1 and recorder.record.epoch == 2
 
 
+def test_replaced_files_get_the_mode_open_would_give(tmp_path):
+    # A temporary file and a rename, yet not mkstemp's 0600: what the umask allows.
+    import os
+    import stat
+
+    from tfvae import files
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for durable in (True, False):
+        path = tmp_path / f"f{durable}.json"
+        files.atomic_write_json(path, {"a": 1}, durable=durable)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+
+
 def test_the_commit_point_is_flushed_to_disk_and_its_copies_are_not(tmp_path, monkeypatch):
     """resume.json is fsynced before its rename; metrics and the training status, rewritten
     from it every epoch (and on resuming), skip the 5-10 ms flush; final statuses do not."""

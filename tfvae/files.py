@@ -24,6 +24,17 @@ from tfvae.errors import RunDirError, TfvaeError
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # read it by setting it (at import time: one thread)
+    os.umask(mask)
+    return mask
+
+
+#: Mode of the files tfvae writes: what ``open`` gives under the process's umask
+#: (``mkstemp``, which makes the temporary file before its rename, gives 0600).
+_FILE_MODE = 0o666 & ~_umask()
+
+
 class StorageError(TfvaeError):
     """A file could not be written because its file system is full."""
 
@@ -85,6 +96,8 @@ def atomic_write_bytes(path, content: bytes, durable: bool = True) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, _FILE_MODE)  # mkstemp's 0600 -> what open() would give
         with os.fdopen(fd, "wb") as f:
             f.write(content)
             if durable:

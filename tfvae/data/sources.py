@@ -125,12 +125,20 @@ def train_rows(n: int) -> int:
     return (TRAIN_FRACTION_NUM * n) // TRAIN_FRACTION_DEN
 
 
-def load_path(path: Path) -> DataSet:
+def check_path(path) -> Path:
+    """Raises DataError unless ``path`` (``~`` expanded) exists; NumPy-only, so the
+    command checks ``--data-dir`` before importing TensorFlow."""
+    path = Path(path).expanduser()
     if not path.exists():
         raise DataError(
             f"data path {path} does not exist; give a directory of MNIST-format IDX .gz "
             "files, a .npz or a .npy file"
         )
+    return path
+
+
+def load_path(path: Path) -> DataSet:
+    check_path(path)
     if path.is_dir():
         return _load_idx_dir(path)
     suffix = path.suffix.lower()

@@ -127,18 +127,38 @@ class RunLock:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
-            owner = handle.read().strip() or "another process"
+            owner = handle.read().strip()
             handle.close()
-            raise RunDirError(
-                f"{self.run_dir} is in use by {owner} (it holds {LOCK}); wait for it to "
-                "finish, or stop it, before writing to this run"
-            ) from None
+            raise _in_use(self.run_dir, owner) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"tfvae process {os.getpid()}\n")
         handle.flush()
         self._file = handle
         return self
+
+    @staticmethod
+    def check_free(run_dir) -> None:
+        """Raises the RunDirError of :meth:`acquire` if another process holds the lock now.
+
+        A probe that takes and drops the lock at once, creating nothing: the
+        command calls it before importing TensorFlow, so a second writer is
+        refused in a fraction of a second. Holding the lock is still
+        :meth:`acquire`'s job (the other process may start or end in between).
+        """
+        path = Path(run_dir) / LOCK
+        try:
+            import fcntl
+
+            handle = open(path)  # noqa: SIM115 (closed below)
+        except (ImportError, OSError):  # no flock here, or no lock file: nobody holds it
+            return
+        with handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise _in_use(Path(run_dir), handle.read().strip()) from None
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def release(self) -> None:
         if self._file is not None:
@@ -151,6 +171,13 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def _in_use(run_dir: Path, owner: str) -> RunDirError:
+    return RunDirError(
+        f"{run_dir} is in use by {owner or 'another process'} (it holds {LOCK}); wait for it "
+        "to finish, or stop it, before writing to this run"
+    )
 
 
 def create_run_dir(out) -> RunLock:
