@@ -122,12 +122,17 @@ def main():
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf.keras is tf_keras, as in the command
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--models", nargs="+", default=["nonlinear"], choices=list(MODELS))
-    p.add_argument("--estimators", nargs="+", default=["disarm", "rloo"])
+    p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist",
+                   help="Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist) "
+                        "[default: %(default)s]")
+    p.add_argument("--models", nargs="+", default=["nonlinear"], choices=list(MODELS),
+                   help="models to train, one run each [default: nonlinear]")
+    p.add_argument("--estimators", nargs="+", default=["disarm", "rloo"],
+                   help="gradient estimators, one run each (rloo with 2 samples) "
+                        "[default: disarm rloo]")
     p.add_argument("--eval-steps", nargs="+", type=int, default=[4000, 12000, 20000, 34000],
                    help="steps (multiples of 1,000) at which to evaluate; the last ends training")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="run seed [default: 0]")
     p.add_argument("--official-images-per-sec", type=float, default=OFFICIAL_IMAGES_PER_SEC,
                    help="the official code's training images/s measured on this machine (default: "
                         "the issue's figure); steady_ratio_to_official divides by it")
