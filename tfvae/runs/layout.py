@@ -141,7 +141,7 @@ class RunLock:
     def check_free(run_dir) -> None:
         """Raises the RunDirError of :meth:`acquire` if another process holds the lock now.
 
-        A probe that takes and drops the lock at once, creating nothing: the
+        A probe that takes and drops a shared lock at once, creating nothing: the
         command calls it before importing TensorFlow, so a second writer is
         refused in a fraction of a second. Holding the lock is still
         :meth:`acquire`'s job (the other process may start or end in between).
@@ -154,8 +154,8 @@ class RunLock:
         except (ImportError, OSError):  # no flock here, or no lock file: nobody holds it
             return
         with handle:
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:  # shared: two probes do not refuse each other
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError:
                 raise _in_use(Path(run_dir), handle.read().strip()) from None
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
