@@ -163,6 +163,13 @@ def test_run_directory_problems(runner, tmp_path, tiny_run):
     assert result.exit_code != 0 and "cannot be read" in result.output
 
 
+#: The tfvae command with TensorFlow unimportable: what it refuses this way is
+#: refused before importing it.
+WITHOUT_TENSORFLOW = ("import sys; sys.modules['tensorflow'] = None; "
+                      "from tfvae_cli.main import main; sys.argv = ['tfvae'] + sys.argv[1:]; "
+                      "main()")
+
+
 @pytest.mark.parametrize(
     "args, words",
     [
@@ -182,10 +189,8 @@ def test_refusals_come_before_tensorflow_is_imported(tiny_run, tmp_path, args, w
     values = {"run": tiny_run, "missing": tmp_path / "nope", "other": other,
               "png": tmp_path / "s.png", "fresh": tmp_path / "fresh"}
     argv = [a.format(**values) for a in args]
-    code = ("import sys; sys.modules['tensorflow'] = None; "
-            "from tfvae_cli.main import main; sys.argv = ['tfvae'] + sys.argv[1:]; main()")
-    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, *argv],
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr[-2000:]
     assert words in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert (other / "notes.txt").read_text() == "keep me"
@@ -198,11 +203,9 @@ def test_a_second_writer_is_refused_before_tensorflow_is_imported(tiny_run, tmp_
 
     run = tmp_path / "held"
     shutil.copytree(tiny_run, run)
-    code = ("import sys; sys.modules['tensorflow'] = None; "
-            "from tfvae_cli.main import main; sys.argv = ['tfvae'] + sys.argv[1:]; main()")
     with hold_lock(run) as pid:
-        done = subprocess.run([sys.executable, "-c", code, "train", "--resume", str(run)],
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW, "train", "--resume",
+                               str(run)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr[-2000:]
     assert f"in use by tfvae process {pid}" in done.stderr, done.stderr[-2000:]
     assert "resuming" not in done.stderr and "Traceback" not in done.stderr, done.stderr
