@@ -22,6 +22,8 @@ from tfvae_cli.evaluate import evaluate
 from tfvae_cli.export import export
 from tfvae_cli.sample import sample
 
+from tfvae import compile_cache
+
 
 @click.group(context_settings=CONTEXT)
 @click.version_option(package_name="tfvae", prog_name="tfvae")
@@ -156,6 +158,11 @@ def main():
     # on 2 cores); everything is written and closed by then, so the walk is
     # skipped. atexit runs this last, after TensorFlow's own exit handlers.
     atexit.register(gc.freeze)
+    # XLA's compiled programs are kept on disk for the next command on this
+    # machine (tfvae/compile_cache.py): 1-2 s and about 90 MiB of peak memory
+    # less from the second run of a model on. TFVAE_COMPILE_CACHE=off turns it off.
+    # Registered after gc.freeze, so it runs first at exit.
+    compile_cache.enable()
     global _OWN_PROCESS
     _OWN_PROCESS = True
     cli(prog_name="tfvae")

@@ -1,0 +1,214 @@
+"""The disk cache of XLA programs: what is loaded, published, skipped and removed."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections import namedtuple
+
+import pytest
+
+from tfvae import compile_cache as cc
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """No cache enabled yet in this process, and no cache flag from outside."""
+    monkeypatch.setattr(cc, "_enabled", None)
+    monkeypatch.delenv("TF_XLA_FLAGS", raising=False)
+    monkeypatch.delenv(cc.ENV, raising=False)
+
+
+def _publish(store, name, content):
+    (store / name).write_bytes(content)
+    (store / (name + ".sha256")).write_text(hashlib.sha256(content).hexdigest())
+
+
+def _store(root):
+    cache = cc.CompileCache.open(root)
+    cache.close()
+    return cache.store
+
+
+def test_only_entries_whose_digest_matches_are_staged(tmp_path):
+    store = _store(tmp_path)
+    _publish(store, "good.pb", b"program")
+    _publish(store, "cut.pb", b"a longer program")
+    (store / "cut.pb").write_bytes(b"a longer")  # cut short after its sidecar was written
+    (store / "bare.pb").write_bytes(b"no sidecar yet")  # being published by another process
+    _publish(store, "empty.pb", b"x")
+    (store / "empty.pb.sha256").write_text("")
+    cache = cc.CompileCache.open(tmp_path)
+    try:
+        assert cache.loaded == {"good.pb"}
+        assert sorted(p.name for p in cache.folder.glob("*.pb")) == ["good.pb"]
+        assert (cache.folder / "good.pb").read_bytes() == b"program"
+        assert cache.new_entries() == []
+    finally:
+        cache.close()
+
+
+def test_new_programs_are_published_and_the_private_folder_removed(tmp_path):
+    cache = cc.CompileCache.open(tmp_path)
+    (cache.folder / "new.pb").write_bytes(b"compiled")
+    # TensorFlow writes through a temporary name, then renames: a part is never published.
+    (cache.folder / "half.pbvm-1-2-3.tmp").write_bytes(b"comp")
+    (cache.folder / "empty.pb").write_bytes(b"")
+    assert cache.new_entries() == ["empty.pb", "new.pb"]
+    folder = cache.folder
+    cache.close()
+    assert not folder.exists()
+    assert cache.published == ["new.pb"]
+    store = cache.store
+    assert sorted(p.name for p in store.iterdir()) == ["new.pb", "new.pb.sha256"]
+    assert (store / "new.pb.sha256").read_text() == hashlib.sha256(b"compiled").hexdigest()
+    again = cc.CompileCache.open(tmp_path)
+    try:
+        assert again.loaded == {"new.pb"}
+    finally:
+        again.close()
+    cache.close()  # twice: nothing more happens
+
+
+def test_tensorflow_only_reads_when_the_disk_is_nearly_full(tmp_path, monkeypatch):
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(cc.shutil, "disk_usage",
+                        lambda path: usage(1 << 40, (1 << 40) - (10 << 20), 10 << 20))
+    cache = cc.CompileCache.open(tmp_path)
+    try:
+        assert not cache.writable
+        assert cache.flags() == (f"--tf_xla_persistent_cache_directory={cache.folder} "
+                                 "--tf_xla_persistent_cache_read_only=true")
+    finally:
+        cache.close()
+    monkeypatch.undo()
+    cache = cc.CompileCache.open(tmp_path)
+    try:
+        assert cache.writable
+        assert cache.flags() == f"--tf_xla_persistent_cache_directory={cache.folder}"
+    finally:
+        cache.close()
+
+
+def test_folders_of_killed_processes_are_removed_and_live_ones_kept(tmp_path):
+    store = _store(tmp_path)
+    live = store / "staging-live"
+    live.mkdir()
+    held = cc._try_lock(live / ".lock")
+    assert held is not None
+    dead = store / "staging-dead"
+    dead.mkdir()
+    (dead / ".lock").touch()
+    (dead / "x.pb").write_bytes(b"left behind")
+    unlocked_old, unlocked_new = store / "staging-old", store / "staging-new"
+    unlocked_old.mkdir()
+    unlocked_new.mkdir()
+    os.utime(unlocked_old, (0, 0))
+    try:
+        cache = cc.CompileCache.open(tmp_path)
+        cache.close()
+        left = sorted(p.name for p in store.iterdir())
+        assert left == ["staging-live", "staging-new"]
+    finally:
+        os.close(held)
+
+
+def test_trim_removes_the_oldest_entries_beyond_the_limit(tmp_path):
+    store = _store(tmp_path)
+    for age, name in enumerate(["c.pb", "b.pb", "a.pb"]):  # c oldest
+        _publish(store, name, b"x" * 100)
+        os.utime(store / name, (1000 + age, 1000 + age))
+    removed = cc.trim(tmp_path, max_bytes=200)
+    assert [p.name for p in removed] == ["c.pb"]
+    assert sorted(p.name for p in store.iterdir()) == [
+        "a.pb", "a.pb.sha256", "b.pb", "b.pb.sha256"]
+
+
+def test_the_cache_stays_off_when_asked_or_when_it_cannot_be_used(tmp_path, fresh,
+                                                                  monkeypatch):
+    monkeypatch.setenv(cc.ENV, "off")
+    assert cc.default_dir() is None
+    assert cc.enable() is None
+    monkeypatch.setenv(cc.ENV, str(tmp_path / "mine"))
+    assert cc.default_dir() == tmp_path / "mine"
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/elsewhere")
+    assert cc.enable() is None  # the user's own folder is used as set
+    monkeypatch.delenv("TF_XLA_FLAGS")
+    (tmp_path / "file").write_text("not a folder")
+    assert cc.enable(tmp_path / "file") is None
+    assert cc.enable(tmp_path / "with space") is None  # TF_XLA_FLAGS splits on spaces
+    assert "TF_XLA_FLAGS" not in os.environ
+    assert not list((tmp_path / "with space").glob("*/staging-*"))
+
+
+# One process: a compiled function, its value and what the cache did. TensorFlow
+# reads TF_XLA_FLAGS at its first compilation, so each case is its own process.
+PROGRAM = r"""
+import json, sys
+from tfvae import compile_cache
+cache = compile_cache.enable(sys.argv[1]) if sys.argv[1] != "raw" else None
+import tensorflow as tf
+w = tf.constant([[0.5, -1.0], [2.0, 0.25]])
+@tf.function(jit_compile=True)
+def f(x):
+    return tf.reduce_sum(tf.nn.softplus(tf.matmul(x, w)))
+print(json.dumps({"value": float(f(tf.ones([3, 2]))),
+                  "new": None if cache is None else len(cache.new_entries())}))
+"""
+
+
+def _program(arg, env=None):
+    done = subprocess.run([sys.executable, "-c", PROGRAM, str(arg)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+    return done, (json.loads(done.stdout.splitlines()[-1]) if done.returncode == 0 else None)
+
+
+def test_a_later_process_loads_the_program_and_a_damaged_entry_is_compiled_again(tmp_path):
+    root = tmp_path / "cache"
+    done, first = _program(root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert first["new"] == 1
+    (store,) = [p for p in root.iterdir() if p.is_dir()]
+    (entry,) = store.glob("*.pb")
+    assert not list(store.glob("staging-*"))
+    done, second = _program(root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert second == {"value": first["value"], "new": 0}  # loaded, not compiled
+    assert len(list(store.glob("*.pb"))) == 1
+
+    whole = entry.read_bytes()
+    entry.write_bytes(whole[: len(whole) // 2])  # as a crash or a full disk leaves it
+    # TensorFlow's own cache fails on such a file ...
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / entry.name).write_bytes(whole[: len(whole) // 2])
+    done, _ = _program("raw", {"TF_XLA_FLAGS": f"--tf_xla_persistent_cache_directory={raw}"})
+    assert done.returncode != 0 and "Read less bytes than requested" in done.stderr
+    # ... tfvae's skips it, compiles, and publishes a good entry in its place.
+    done, third = _program(root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert third == {"value": first["value"], "new": 1}
+    assert cc._valid(entry) and entry.stat().st_size > len(whole) // 2
+
+
+def test_the_command_keeps_its_programs_for_the_next_run(tmp_path):
+    root = tmp_path / "cache"
+    args = [sys.executable, "-m", "tfvae_cli.main", "train", "--epochs", "1", "--hidden", "16",
+            "--latent-dim", "2", "--iwae-k", "2"]
+    env = {**os.environ, cc.ENV: str(root)}
+    done = subprocess.run(args + ["--out", str(tmp_path / "a")], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (store,) = [p for p in root.iterdir() if p.is_dir()]
+    entries = {p.name: p.stat().st_mtime_ns for p in store.glob("*.pb")}
+    assert entries and all(cc._valid(store / name) for name in entries)
+    assert not list(store.glob("staging-*"))
+    done = subprocess.run(args + ["--out", str(tmp_path / "b")], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # Every program was loaded: nothing new was compiled and published.
+    assert {p.name: p.stat().st_mtime_ns for p in store.glob("*.pb")} == entries
+    a = json.loads((tmp_path / "a" / "evaluation.json").read_text())
+    b = json.loads((tmp_path / "b" / "evaluation.json").read_text())
+    assert a["elbo"] == b["elbo"]
