@@ -7,7 +7,6 @@ autoencoder's mixture) ``.npz`` + JSON through :mod:`tfvae.runs.families`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -81,12 +80,7 @@ def save_weights(model, path) -> None:
     does not).
     """
     with files.atomic_path(path) as tmp:
-        with _weights_store(tmp, "w") as (saving_lib, store, skip):
-            if saving_lib is None:
-                model.save_weights(str(tmp))
-            else:
-                saving_lib._save_state(model, weights_store=store, assets_store=None,
-                                       inner_path="", visited_trackables=skip(model))
+        _weights_file(model, tmp, "w")
 
 
 def load_weights(model, path) -> None:
@@ -94,37 +88,30 @@ def load_weights(model, path) -> None:
 
     The optimizers' slots are left as they are, whether or not the file has them.
     """
-    with _weights_store(path, "r") as (saving_lib, store, skip):
-        if saving_lib is None:
-            model.load_weights(str(path))
-        else:
-            saving_lib._load_state(model, weights_store=store, assets_store=None,
-                                   inner_path="", visited_trackables=skip(model))
+    _weights_file(model, path, "r")
 
 
-@contextlib.contextmanager
-def _weights_store(path, mode: str):
-    """Keras' HDF5 store of ``.weights.h5`` files and the objects to leave out.
+def _weights_file(model, path, mode: str) -> None:
+    """Writes (``"w"``) or reads (``"r"``) a weights file, the optimizers left out.
 
     Keras' saving walks the model's objects, skipping those already visited:
-    the optimizers are marked visited first. Yields ``(None, None, None)``
-    where that Keras-internal walk is missing (then Keras' own methods run).
+    the optimizers are marked visited first. Where that Keras-internal walk is
+    missing, Keras' own ``save_weights``/``load_weights`` run instead.
     """
     try:
         from tf_keras.src.saving import saving_lib
 
-        saving_lib._save_state, saving_lib._load_state, saving_lib.H5IOStore  # noqa: B018
+        walk = saving_lib._save_state if mode == "w" else saving_lib._load_state
+        store_class = saving_lib.H5IOStore
     except (ImportError, AttributeError):
-        yield None, None, None
+        (model.save_weights if mode == "w" else model.load_weights)(str(path))
         return
-
-    def skip(model):
-        return {id(o) for o in (getattr(model, "optimizer", None),
-                                getattr(model, "prior_optimizer", None)) if o is not None}
-
-    store = saving_lib.H5IOStore(str(path), mode=mode)
+    skip = {id(o) for o in (getattr(model, "optimizer", None),
+                            getattr(model, "prior_optimizer", None)) if o is not None}
+    store = store_class(str(path), mode=mode)
     try:
-        yield saving_lib, store, skip
+        walk(model, weights_store=store, assets_store=None, inner_path="",
+             visited_trackables=skip)
     finally:
         store.close()
 
