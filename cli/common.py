@@ -21,6 +21,7 @@ import warnings
 
 import click
 
+from tfvae import compile_cache
 from tfvae.config import Config
 from tfvae.errors import Interrupted, TfvaeError, TfvaeWarning
 
@@ -129,6 +130,11 @@ def handle_errors(func):
             raise click.ClickException(str(exc)) from None
         except OSError as exc:
             raise click.ClickException(_os_message(exc)) from None
+        except Exception as exc:
+            error = compile_cache.full_disk_error(exc, "run the command again")
+            if error is None:
+                raise
+            raise click.ClickException(str(error)) from None
 
     return wrapper
 

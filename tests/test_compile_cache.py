@@ -212,3 +212,46 @@ def test_the_command_keeps_its_programs_for_the_next_run(tmp_path):
     a = json.loads((tmp_path / "a" / "evaluation.json").read_text())
     b = json.loads((tmp_path / "b" / "evaluation.json").read_text())
     assert a["elbo"] == b["elbo"]
+
+
+def test_a_full_disk_under_the_cache_is_named_with_what_to_do(tmp_path, fresh, monkeypatch):
+    cache = cc.CompileCache.open(tmp_path)
+    monkeypatch.setattr(cc, "_enabled", cache)
+    try:
+        # What TensorFlow raises when its write into the private folder fails.
+        raised = RuntimeError(f"{cache.folder}/xla_compile_cache__1__2__XLA_CPU_JIT.pbvm-3.tmp; "
+                              "No space left on device [Op:__inference_bound_6187]")
+        error = cc.full_disk_error(raised, "run the command again")
+        assert "the disk holding the compile cache" in str(error)
+        assert str(cache.store) in str(error) and "TFVAE_COMPILE_CACHE=off" in str(error)
+        assert str(error).endswith("then run the command again")
+        elsewhere = RuntimeError("/data/run/x.h5: No space left on device")
+        assert cc.full_disk_error(elsewhere, "again") is None  # not the cache's disk
+        other = RuntimeError(f"{cache.folder}: Read less bytes than requested")
+        assert cc.full_disk_error(other, "again") is None  # not a full disk
+    finally:
+        cache.close()
+
+
+def test_a_run_whose_cache_disk_fills_fails_cleanly_and_can_resume(tmp_path, fresh, monkeypatch):
+    import tfvae
+    from tfvae import files, training
+
+    cache = cc.CompileCache.open(tmp_path / "cache")
+    monkeypatch.setattr(cc, "_enabled", cache)
+
+    def full(*args, **kwargs):
+        raise RuntimeError(f"{cache.folder}/p.pbvm-1.tmp; No space left on device")
+
+    out = tmp_path / "run"
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(training, "finish_run", full)  # its evaluation compiles
+            with pytest.raises(files.StorageError, match="tfvae train --resume"):
+                tfvae.train(out=out, epochs=1, hidden=[16], latent_dim=2, iwae_k=2,
+                            verbose=0, figures=False)
+        assert json.loads((out / "run.json").read_text())["status"] == "failed"
+        run = tfvae.train(resume=out, verbose=0, figures=False)
+        assert run.status["status"] == "completed"
+    finally:
+        cache.close()

@@ -273,6 +273,33 @@ def trim(root, max_bytes: int = MAX_BYTES) -> list[Path]:
     return removed
 
 
+def full_disk_error(exc: BaseException, advice: str):
+    """The :class:`tfvae.files.StorageError` for a full disk under the cache, else None.
+
+    TensorFlow raises (``ResourceExhaustedError``) when the disk holding the
+    private folder fills between the start of a process and a compilation;
+    this names the cache and what to do. ``advice`` says how to go on.
+    """
+    from tfvae import files
+
+    cache = _enabled
+    if cache is None or cache.folder is None or not files.no_space(exc):
+        return None
+    seen, text = set(), ""
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text += str(exc)
+        exc = exc.__cause__ or exc.__context__
+    if str(cache.folder) not in text:
+        return None
+    free = files._free_mib(cache.store)
+    room = "" if free is None else f" ({free:.1f} MiB free)"
+    return files.StorageError(
+        f"the disk holding the compile cache {cache.store} is full{room}: TensorFlow could "
+        f"not save a compiled program there. Free some space (or set {ENV}=off), then "
+        f"{advice}")
+
+
 def enable(root=None) -> CompileCache | None:
     """Turns the cache on for this process; returns it, or None when it stays off.
 

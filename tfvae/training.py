@@ -342,6 +342,18 @@ def _run(session: Session, signals: _Signals) -> Run:
         if session.chief:
             _set_status(session, "failed")
         raise
+    except Exception as exc:
+        # A full disk under the compile cache (TensorFlow saves each program it
+        # compiles there) fails the compilation: say so, and how to go on.
+        from tfvae import compile_cache
+
+        error = compile_cache.full_disk_error(
+            exc, f"resume with `tfvae train --resume {out}`")
+        if error is None:
+            raise
+        if session.chief:
+            _set_status(session, "failed")
+        raise error from None
 
 
 def _set_status(session: Session, status: str) -> None:
