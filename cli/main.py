@@ -159,8 +159,8 @@ def main():
     # skipped. atexit runs this last, after TensorFlow's own exit handlers.
     atexit.register(gc.freeze)
     # XLA's compiled programs are kept on disk for the next command on this
-    # machine (tfvae/compile_cache.py): 1-2 s and about 90 MiB of peak memory
-    # less from the second run of a model on. TFVAE_COMPILE_CACHE=off turns it off.
+    # machine (tfvae/compile_cache.py): about a second and 80-110 MiB of peak
+    # memory less from the second run of a model on. TFVAE_COMPILE_CACHE=off turns it off.
     # Registered after gc.freeze, so it runs first at exit.
     compile_cache.enable()
     global _OWN_PROCESS

@@ -1,8 +1,8 @@
 """A disk cache of XLA's compiled programs, shared by the processes of one machine.
 
 Every ``tfvae`` command compiles its XLA programs (the fused training loop,
-the evaluation's passes) afresh: 1-2 s of the README's main job and, while
-LLVM runs, about 90 MiB of its peak memory. TensorFlow can save each
+the evaluation's passes) afresh: about a second of the README's main job
+and, while LLVM runs, 80-110 MiB of a Fashion-MNIST run's peak memory. TensorFlow can save each
 compiled program and load it in a later process instead
 (``TF_XLA_FLAGS=--tf_xla_persistent_cache_directory=DIR``), but used as it
 is, that folder is fragile: one file that is cut short or edited fails every
