@@ -131,7 +131,7 @@ def handle_errors(func):
         except OSError as exc:
             raise click.ClickException(_os_message(exc)) from None
         except Exception as exc:
-            error = compile_cache.full_disk_error(exc, "run the command again")
+            error = compile_cache.error_for(exc, "run the command again")
             if error is None:
                 raise
             raise click.ClickException(str(error)) from None

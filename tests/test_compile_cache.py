@@ -20,6 +20,13 @@ def fresh(monkeypatch):
     monkeypatch.delenv(cc.ENV, raising=False)
 
 
+def _entry(program: bytes) -> bytes:
+    """A cache entry as TensorFlow writes it: key (1), HLO (2), program (3)."""
+    def field(number, data):
+        return bytes([number << 3 | 2, len(data)]) + data
+    return field(1, b"key") + field(2, b"hlo") + field(3, program)
+
+
 def _publish(store, name, content):
     (store / name).write_bytes(content)
     (store / (name + ".sha256")).write_text(hashlib.sha256(content).hexdigest())
@@ -33,17 +40,19 @@ def _store(root):
 
 def test_only_entries_whose_digest_matches_are_staged(tmp_path):
     store = _store(tmp_path)
-    _publish(store, "good.pb", b"program")
-    _publish(store, "cut.pb", b"a longer program")
-    (store / "cut.pb").write_bytes(b"a longer")  # cut short after its sidecar was written
-    (store / "bare.pb").write_bytes(b"no sidecar yet")  # being published by another process
-    _publish(store, "empty.pb", b"x")
+    _publish(store, "good.pb", _entry(b"program"))
+    _publish(store, "cut.pb", _entry(b"a longer program"))
+    (store / "cut.pb").write_bytes(_entry(b"a longer program")[:-4])  # cut after its sidecar
+    _publish(store, "forged.pb", _entry(b"a longer program")[:-4])  # cut, digest made to match
+    _publish(store, "other.pb", b"\x0a\x03key")  # whole protobuf, not an entry
+    (store / "bare.pb").write_bytes(_entry(b"no sidecar yet"))  # another process publishing
+    _publish(store, "empty.pb", _entry(b"x"))
     (store / "empty.pb.sha256").write_text("")
     cache = cc.CompileCache.open(tmp_path)
     try:
         assert cache.loaded == {"good.pb"}
         assert sorted(p.name for p in cache.folder.glob("*.pb")) == ["good.pb"]
-        assert (cache.folder / "good.pb").read_bytes() == b"program"
+        assert (cache.folder / "good.pb").read_bytes() == _entry(b"program")
         assert cache.new_entries() == []
     finally:
         cache.close()
@@ -51,18 +60,20 @@ def test_only_entries_whose_digest_matches_are_staged(tmp_path):
 
 def test_new_programs_are_published_and_the_private_folder_removed(tmp_path):
     cache = cc.CompileCache.open(tmp_path)
-    (cache.folder / "new.pb").write_bytes(b"compiled")
+    (cache.folder / "new.pb").write_bytes(_entry(b"compiled"))
     # TensorFlow writes through a temporary name, then renames: a part is never published.
-    (cache.folder / "half.pbvm-1-2-3.tmp").write_bytes(b"comp")
+    (cache.folder / "half.pbvm-1-2-3.tmp").write_bytes(_entry(b"compiled")[:5])
     (cache.folder / "empty.pb").write_bytes(b"")
-    assert cache.new_entries() == ["empty.pb", "new.pb"]
+    (cache.folder / "short.pb").write_bytes(_entry(b"compiled")[:-1])
+    assert cache.new_entries() == ["empty.pb", "new.pb", "short.pb"]
     folder = cache.folder
     cache.close()
     assert not folder.exists()
     assert cache.published == ["new.pb"]
     store = cache.store
     assert sorted(p.name for p in store.iterdir()) == ["new.pb", "new.pb.sha256"]
-    assert (store / "new.pb.sha256").read_text() == hashlib.sha256(b"compiled").hexdigest()
+    assert (store / "new.pb.sha256").read_text() == \
+        hashlib.sha256(_entry(b"compiled")).hexdigest()
     again = cc.CompileCache.open(tmp_path)
     try:
         assert again.loaded == {"new.pb"}
@@ -119,10 +130,15 @@ def test_trim_removes_the_oldest_entries_beyond_the_limit(tmp_path):
     for age, name in enumerate(["c.pb", "b.pb", "a.pb"]):  # c oldest
         _publish(store, name, b"x" * 100)
         os.utime(store / name, (1000 + age, 1000 + age))
+    old = tmp_path / "tf0-older-machine"
+    old.mkdir()
+    _publish(old, "d.pb", b"x" * 100)
+    os.utime(old / "d.pb", (999, 999))
     removed = cc.trim(tmp_path, max_bytes=200)
-    assert [p.name for p in removed] == ["c.pb"]
+    assert [p.name for p in removed] == ["d.pb", "c.pb"]
     assert sorted(p.name for p in store.iterdir()) == [
         "a.pb", "a.pb.sha256", "b.pb", "b.pb.sha256"]
+    assert not old.exists()  # emptied: removed too
 
 
 def test_the_cache_stays_off_when_asked_or_when_it_cannot_be_used(tmp_path, fresh,
@@ -221,14 +237,36 @@ def test_a_full_disk_under_the_cache_is_named_with_what_to_do(tmp_path, fresh, m
         # What TensorFlow raises when its write into the private folder fails.
         raised = RuntimeError(f"{cache.folder}/xla_compile_cache__1__2__XLA_CPU_JIT.pbvm-3.tmp; "
                               "No space left on device [Op:__inference_bound_6187]")
-        error = cc.full_disk_error(raised, "run the command again")
+        error = cc.error_for(raised, "run the command again")
         assert "the disk holding the compile cache" in str(error)
         assert str(cache.store) in str(error) and "TFVAE_COMPILE_CACHE=off" in str(error)
         assert str(error).endswith("then run the command again")
         elsewhere = RuntimeError("/data/run/x.h5: No space left on device")
-        assert cc.full_disk_error(elsewhere, "again") is None  # not the cache's disk
-        other = RuntimeError(f"{cache.folder}: Read less bytes than requested")
-        assert cc.full_disk_error(other, "again") is None  # not a full disk
+        assert cc.error_for(elsewhere, "again") is None  # not the cache's disk
+        other = RuntimeError("Incompatible shapes: [2,3] vs. [3,2]")
+        assert cc.error_for(other, "again") is None  # not the cache's doing
+    finally:
+        cache.close()
+
+
+def test_a_program_that_cannot_be_loaded_is_removed_with_a_clear_error(tmp_path, fresh,
+                                                                       monkeypatch):
+    # An entry that passed the checks yet fails TensorFlow's own: the programs the
+    # process loaded leave the store, and the next run compiles them.
+    store = _store(tmp_path)
+    _publish(store, "loaded.pb", _entry(b"program"))
+    cache = cc.CompileCache.open(tmp_path)
+    monkeypatch.setattr(cc, "_enabled", cache)
+    try:
+        assert cache.loaded == {"loaded.pb"}
+        raised = RuntimeError("Read less bytes than requested\n\t [[{{node "
+                              "StatefulPartitionedCall}}]] [Op:__inference_compile_only_1546]")
+        error = cc.error_for(raised, "run the command again")
+        assert "could not load a compiled program from the compile cache" in str(error)
+        assert "Read less bytes than requested" in str(error)
+        assert str(error).endswith("run the command again")
+        assert not (store / "loaded.pb").exists()
+        assert not (store / "loaded.pb.sha256").exists()
     finally:
         cache.close()
 

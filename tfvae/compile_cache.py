@@ -99,21 +99,56 @@ def _machine_kind() -> str:
     return f"tf{tf_version}-{platform.machine()}-{digest}"
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _entries(folder: Path) -> list[Path]:
     return [p for p in folder.glob("*.pb") if not p.name.startswith(".")]
 
 
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("cut short")
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+
+
+def _well_formed(data: bytes) -> bool:
+    """Whether ``data`` parses as TensorFlow's cache entry: its key, HLO and program.
+
+    The entry (``XlaSerializedCacheEntry``) is three length-delimited
+    protobuf fields (1 key, 2 HLO module, 3 executable); a file cut short
+    overruns the last one. TensorFlow fails every compilation that reads
+    such a file ("Read less bytes than requested").
+    """
+    seen, i = set(), 0
+    try:
+        while i < len(data):
+            tag, i = _varint(data, i)
+            if tag & 7 != 2 or tag >> 3 not in (1, 2, 3):
+                return False
+            size, i = _varint(data, i)
+            i += size
+            if size == 0 or i > len(data):
+                return False
+            seen.add(tag >> 3)
+    except ValueError:
+        return False
+    return seen == {1, 2, 3}
+
+
 def _valid(entry: Path) -> bool:
-    """Whether the entry's content matches the digest its sidecar recorded."""
+    """Whether the entry is whole and matches the digest its sidecar recorded."""
     try:
         recorded = entry.with_name(entry.name + _SIDECAR).read_text().strip()
-        return bool(recorded) and _digest(entry) == recorded
+        data = entry.read_bytes()
     except (OSError, ValueError):
         return False
+    return bool(recorded) and hashlib.sha256(data).hexdigest() == recorded \
+        and _well_formed(data)
 
 
 def _write(path: Path, content: bytes) -> None:
@@ -214,7 +249,7 @@ class CompileCache:
         with contextlib.suppress(OSError):
             for name in self.new_entries():
                 content = (self.folder / name).read_bytes()
-                if not content:
+                if not _well_formed(content):
                     continue
                 _write(self.store / name, content)
                 # The sidecar last: until it matches, other processes skip the entry.
@@ -270,34 +305,56 @@ def trim(root, max_bytes: int = MAX_BYTES) -> list[Path]:
                 path.unlink()
         total -= size
         removed.append(entry)
+    for store in {entry.parent for entry in removed}:
+        with contextlib.suppress(OSError):
+            store.rmdir()  # only if nothing is left in it
     return removed
 
 
-def full_disk_error(exc: BaseException, advice: str):
-    """The :class:`tfvae.files.StorageError` for a full disk under the cache, else None.
+#: What TensorFlow says when a program in the cache folder cannot be loaded.
+_LOAD_FAILURES = ("Read less bytes than requested", "Serialized cache key does not match",
+                  "Serialized HLO does not match", "No binary found in serialized entry")
 
-    TensorFlow raises (``ResourceExhaustedError``) when the disk holding the
-    private folder fills between the start of a process and a compilation;
-    this names the cache and what to do. ``advice`` says how to go on.
+
+def error_for(exc: BaseException, advice: str):
+    """A clear :class:`tfvae.errors.TfvaeError` for a failure the cache caused, else None.
+
+    Two remain possible. The disk holding the private folder fills between
+    the start of a process and a compilation (TensorFlow raises
+    ``ResourceExhaustedError``): the error names the cache and what to do. A
+    program that passed its checks (whole, its digest matching) still
+    cannot be loaded: the programs this process loaded are removed from the
+    store, so the next run compiles them. ``advice`` says how to go on.
     """
     from tfvae import files
+    from tfvae.errors import TfvaeError
 
     cache = _enabled
-    if cache is None or cache.folder is None or not files.no_space(exc):
+    if cache is None or cache.folder is None:
         return None
-    seen, text = set(), ""
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        text += str(exc)
-        exc = exc.__cause__ or exc.__context__
-    if str(cache.folder) not in text:
-        return None
-    free = files._free_mib(cache.store)
-    room = "" if free is None else f" ({free:.1f} MiB free)"
-    return files.StorageError(
-        f"the disk holding the compile cache {cache.store} is full{room}: TensorFlow could "
-        f"not save a compiled program there. Free some space (or set {ENV}=off), then "
-        f"{advice}")
+    seen, text, chained = set(), "", exc
+    while chained is not None and id(chained) not in seen:
+        seen.add(id(chained))
+        text += str(chained)
+        chained = chained.__cause__ or chained.__context__
+    if files.no_space(exc) and str(cache.folder) in text:
+        free = files._free_mib(cache.store)
+        room = "" if free is None else f" ({free:.1f} MiB free)"
+        return files.StorageError(
+            f"the disk holding the compile cache {cache.store} is full{room}: TensorFlow "
+            f"could not save a compiled program there. Free some space (or set {ENV}=off), "
+            f"then {advice}")
+    failure = next((failure for failure in _LOAD_FAILURES if failure in text), None)
+    if cache.loaded and failure is not None:
+        for name in cache.loaded:
+            for path in (cache.store / name, cache.store / (name + _SIDECAR)):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        return TfvaeError(
+            f"TensorFlow could not load a compiled program from the compile cache "
+            f"{cache.store} ({failure}); the programs this command "
+            f"loaded are removed from it, so the next run compiles them: {advice}")
+    return None
 
 
 def enable(root=None) -> CompileCache | None:

@@ -344,11 +344,11 @@ def _run(session: Session, signals: _Signals) -> Run:
         raise
     except Exception as exc:
         # A full disk under the compile cache (TensorFlow saves each program it
-        # compiles there) fails the compilation: say so, and how to go on.
+        # compiles there) or a program it cannot load fails the compilation:
+        # say so, and how to go on.
         from tfvae import compile_cache
 
-        error = compile_cache.full_disk_error(
-            exc, f"resume with `tfvae train --resume {out}`")
+        error = compile_cache.error_for(exc, f"resume with `tfvae train --resume {out}`")
         if error is None:
             raise
         if session.chief:

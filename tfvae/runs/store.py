@@ -74,8 +74,8 @@ def save_weights(model, path) -> None:
     optimizers included: with Adam two more copies of every weight (the main
     job's VAE: 7.9 MB instead of 2.6, 28 ms instead of 17 per epoch). A run's
     optimizer state lives in its training state (``checkpoints/state/``), so
-    these files hold the weights alone, in Keras' own format with the
-    optimizers left out; ``model.load_weights`` reads them (a model whose
+    these files hold the weights (and the metric trackers' sums), in Keras'
+    own format with the optimizers left out; ``model.load_weights`` reads them (a model whose
     optimizer has slots then logs that it skipped them; :func:`load_weights`
     does not).
     """
