@@ -118,7 +118,7 @@ def handle_errors(func):
     @functools.wraps(func)
     def wrapper(*args, verbose=False, **kwargs):
         try:
-            with _quiet(verbose):
+            with _quiet(verbose), compile_cache.explained("run the command again"):
                 return func(*args, **kwargs)
         except click.ClickException:
             raise
@@ -130,11 +130,6 @@ def handle_errors(func):
             raise click.ClickException(str(exc)) from None
         except OSError as exc:
             raise click.ClickException(_os_message(exc)) from None
-        except Exception as exc:
-            error = compile_cache.error_for(exc, "run the command again")
-            if error is None:
-                raise
-            raise click.ClickException(str(error)) from None
 
     return wrapper
 

@@ -23,7 +23,7 @@ MAX_FUNCTION_LINES = 60
 LAYERS = [
     # parts with no tfvae dependencies but each other
     {"tfvae", "tfvae._keras", "tfvae.errors", "tfvae.options", "tfvae.files", "tfvae.noise",
-     "tfvae.packing", "tfvae.utils", "tfvae.config"},
+     "tfvae.packing", "tfvae.utils", "tfvae.config", "tfvae.compile_cache"},
     # data, networks, objectives, estimators, distribution, the mixture sampler
     {"tfvae.data", "tfvae.networks", "tfvae.heads", "tfvae.distributions", "tfvae.objectives",
      "tfvae.distribute", "tfvae.estimators", "tfvae.layered", "tfvae.gmm"},

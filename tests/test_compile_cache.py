@@ -293,3 +293,17 @@ def test_a_run_whose_cache_disk_fills_fails_cleanly_and_can_resume(tmp_path, fre
         assert run.status["status"] == "completed"
     finally:
         cache.close()
+
+
+def test_a_child_of_a_tfvae_process_gets_its_own_private_folder(tmp_path, fresh, monkeypatch):
+    # A tfvae process's TF_XLA_FLAGS name its private folder; a command it starts
+    # inherits them, yet must not write into the parent's folder (removed at its exit).
+    parent = tmp_path / "store" / "tf-x" / "staging-abc"
+    monkeypatch.setenv("TF_XLA_FLAGS", f"--tf_xla_auto_jit=1 {cc.FLAG}={parent} "
+                       "--tf_xla_persistent_cache_read_only=true")
+    cache = cc.enable(tmp_path / "mine")
+    try:
+        assert cache is not None and cache.folder != parent
+        assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_auto_jit=1 {cache.flags()}"
+    finally:
+        cache.close()

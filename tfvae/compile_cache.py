@@ -46,6 +46,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from tfvae.errors import TfvaeError
+
 #: The environment variable naming the store (``off``, ``0`` or ``none``: no cache).
 ENV = "TFVAE_COMPILE_CACHE"
 #: The store's size limit; the oldest entries beyond it are removed at exit.
@@ -60,6 +62,10 @@ _STAGING = "staging-"
 _LOCK = ".lock"
 
 _enabled: CompileCache | None = None
+
+
+class CacheError(TfvaeError):
+    """TensorFlow could not load a program of the cache (see :func:`error_for`)."""
 
 
 def default_dir() -> Path | None:
@@ -316,8 +322,20 @@ _LOAD_FAILURES = ("Read less bytes than requested", "Serialized cache key does n
                   "Serialized HLO does not match", "No binary found in serialized entry")
 
 
+@contextlib.contextmanager
+def explained(advice: str):
+    """Re-raises a failure the cache caused as the clear error of :func:`error_for`."""
+    try:
+        yield
+    except Exception as exc:
+        error = error_for(exc, advice)
+        if error is None:
+            raise
+        raise error from None
+
+
 def error_for(exc: BaseException, advice: str):
-    """A clear :class:`tfvae.errors.TfvaeError` for a failure the cache caused, else None.
+    """A clear error for a failure the cache caused, else None.
 
     Two remain possible. The disk holding the private folder fills between
     the start of a process and a compilation (TensorFlow raises
@@ -327,7 +345,6 @@ def error_for(exc: BaseException, advice: str):
     store, so the next run compiles them. ``advice`` says how to go on.
     """
     from tfvae import files
-    from tfvae.errors import TfvaeError
 
     cache = _enabled
     if cache is None or cache.folder is None:
@@ -350,7 +367,7 @@ def error_for(exc: BaseException, advice: str):
             for path in (cache.store / name, cache.store / (name + _SIDECAR)):
                 with contextlib.suppress(OSError):
                     path.unlink()
-        return TfvaeError(
+        return CacheError(
             f"TensorFlow could not load a compiled program from the compile cache "
             f"{cache.store} ({failure}); the programs this command "
             f"loaded are removed from it, so the next run compiles them: {advice}")
@@ -374,7 +391,7 @@ def enable(root=None) -> CompileCache | None:
     if _enabled is not None:
         return _enabled
     root = default_dir() if root is None else Path(root)
-    flags = os.environ.get("TF_XLA_FLAGS", "")
+    flags = _without_inherited(os.environ.get("TF_XLA_FLAGS", ""))
     if root is None or FLAG in flags:
         return None
     cache = CompileCache.open(root)
@@ -387,3 +404,16 @@ def enable(root=None) -> CompileCache | None:
     atexit.register(cache.close)
     _enabled = cache
     return cache
+
+
+def _without_inherited(flags: str) -> str:
+    """``TF_XLA_FLAGS`` without the private folder a parent tfvae process put there."""
+    tokens, kept = flags.split(), []
+    for i, token in enumerate(tokens):
+        ours = token.startswith(FLAG + "=") and Path(token.split("=", 1)[1]).name.startswith(
+            _STAGING)
+        after_ours = i and token == "--tf_xla_persistent_cache_read_only=true" and \
+            Path(tokens[i - 1].split("=", 1)[-1]).name.startswith(_STAGING)
+        if not (ours or after_ours):
+            kept.append(token)
+    return " ".join(kept)

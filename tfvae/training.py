@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfvae import distribute, files
+from tfvae import compile_cache, distribute, files
 from tfvae.config import RESUMABLE_FIELDS, Config
 from tfvae.errors import ConfigError, Interrupted, RunDirError, TfvaeError
 from tfvae.finish import finish_run
@@ -327,33 +327,23 @@ def _run(session: Session, signals: _Signals) -> Run:
     config, out = session.config, session.out
     done = session.previous is not None and session.previous.epoch >= config.epochs
     try:
-        model = None if done else _fit(session, signals)
-        if not session.chief:
-            return Run(path=out, config=config, model=model, status={}, history=[],
-                       role=_role(session.strategy))
-        return finish_run(out, config, session.splits, session.data, session.figures,
-                          model=model if config.strategy == "default" else None,
-                          progress=session.progress)
+        # A full disk under the compile cache or a program it cannot load: said clearly.
+        with compile_cache.explained(f"resume with `tfvae train --resume {out}`"):
+            model = None if done else _fit(session, signals)
+            if not session.chief:
+                return Run(path=out, config=config, model=model, status={}, history=[],
+                           role=_role(session.strategy))
+            return finish_run(out, config, session.splits, session.data, session.figures,
+                              model=model if config.strategy == "default" else None,
+                              progress=session.progress)
     except KeyboardInterrupt:
         if session.chief:
             _set_status(session, "interrupted")
         raise
-    except (TrainingError, files.StorageError):
+    except (TrainingError, files.StorageError, compile_cache.CacheError):
         if session.chief:
             _set_status(session, "failed")
         raise
-    except Exception as exc:
-        # A full disk under the compile cache (TensorFlow saves each program it
-        # compiles there) or a program it cannot load fails the compilation:
-        # say so, and how to go on.
-        from tfvae import compile_cache
-
-        error = compile_cache.error_for(exc, f"resume with `tfvae train --resume {out}`")
-        if error is None:
-            raise
-        if session.chief:
-            _set_status(session, "failed")
-        raise error from None
 
 
 def _set_status(session: Session, status: str) -> None:
