@@ -267,6 +267,10 @@ def test_a_program_that_cannot_be_loaded_is_removed_with_a_clear_error(tmp_path,
         assert str(error).endswith("run the command again")
         assert not (store / "loaded.pb").exists()
         assert not (store / "loaded.pb.sha256").exists()
+        # Explained once: an outer handler (the command's) leaves the inner one's advice.
+        with pytest.raises(cc.CacheError, match="resume with it"):
+            with cc.explained("run the command again"), cc.explained("resume with it"):
+                raise raised
     finally:
         cache.close()
 

@@ -347,8 +347,8 @@ def error_for(exc: BaseException, advice: str):
     from tfvae import files
 
     cache = _enabled
-    if cache is None or cache.folder is None:
-        return None
+    if cache is None or cache.folder is None or isinstance(exc, TfvaeError):
+        return None  # (a TfvaeError says what to do already)
     seen, text, chained = set(), "", exc
     while chained is not None and id(chained) not in seen:
         seen.add(id(chained))
