@@ -2,8 +2,8 @@
 
 Every ``tfvae`` command compiles its XLA programs (the fused training loop,
 the evaluation's passes) afresh: about a second of the README's main job
-and, while LLVM runs, 80-110 MiB of a Fashion-MNIST run's peak memory. TensorFlow can save each
-compiled program and load it in a later process instead
+and, while LLVM runs, 80-110 MiB of a Fashion-MNIST run's peak memory.
+TensorFlow can save each compiled program and load it in a later process instead
 (``TF_XLA_FLAGS=--tf_xla_persistent_cache_directory=DIR``), but used as it
 is, that folder is fragile: one file that is cut short or edited fails every
 compilation that reads it, and a full disk fails the compilation that would
@@ -16,14 +16,16 @@ process a private folder:
   and features, XLA flags), so a program is never loaded on a CPU it was not
   compiled for;
 - each entry has a SHA-256 sidecar written after it; a process starts with
-  hard links to (or copies of) the entries whose sidecar matches, in a
-  private folder that TensorFlow reads and writes;
+  hard links to (or copies of) the entries that are whole and whose sidecar
+  matches, in a private folder that TensorFlow reads and writes;
 - at exit, the programs the process compiled are published to the store
   through temporary files and renames, and the oldest entries beyond
   :data:`MAX_BYTES` are removed;
 - with less than :data:`MIN_FREE_BYTES` free, TensorFlow only reads;
-- every file error leaves the cache out (or the store as it was): a run
-  never fails because of it.
+- an error of the store's files leaves the cache out (or the store as it
+  was). Two failures still reach a command, and :func:`explained` turns them
+  into clear errors: a disk that fills while it runs, and a program that
+  passed the checks yet TensorFlow cannot load (then removed from the store).
 
 The ``tfvae`` command enables it; set ``TFVAE_COMPILE_CACHE`` to a folder to
 move it or to ``off`` to turn it off. From Python, call :func:`enable`
