@@ -311,3 +311,8 @@ def test_a_child_of_a_tfvae_process_gets_its_own_private_folder(tmp_path, fresh,
         assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_auto_jit=1 {cache.flags()}"
     finally:
         cache.close()
+    monkeypatch.setattr(cc, "_enabled", None)
+    monkeypatch.setenv("TF_XLA_FLAGS", f"{cc.FLAG}={parent} --tf_xla_auto_jit=1")
+    monkeypatch.setenv(cc.ENV, "off")
+    assert cc.enable() is None
+    assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_auto_jit=1"  # off: no folder at all

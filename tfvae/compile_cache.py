@@ -394,6 +394,8 @@ def enable(root=None) -> CompileCache | None:
         return _enabled
     root = default_dir() if root is None else Path(root)
     flags = _without_inherited(os.environ.get("TF_XLA_FLAGS", ""))
+    if flags != os.environ.get("TF_XLA_FLAGS", flags):  # never a parent's folder, cache or not
+        os.environ["TF_XLA_FLAGS"] = flags
     if root is None or FLAG in flags:
         return None
     cache = CompileCache.open(root)
