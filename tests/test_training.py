@@ -148,3 +148,23 @@ def test_a_stop_request_records_an_epoch_only_if_all_its_steps_ran(tmp_path, at_
         assert line.startswith("epoch 1/3: 100 images in") and "loss" in line
     else:
         assert line == "epoch 1/3: stopped after 1 of 4 batches; this epoch is not recorded\n"
+
+
+@pytest.mark.parametrize("arch, sizes", [("mlp", [4096, 904]), ("conv", [2048] * 2 + [904])])
+def test_validation_batches_are_the_fixed_rows_in_order(arch, sizes):
+    # One tensor sliced into batches (a cheap iterator for Keras to make every epoch):
+    # every row once, in order, float32.
+    from types import SimpleNamespace
+
+    from tfvae import training
+
+    val = np.random.default_rng(0).random((5000, 12)).astype(np.float32)
+    session = SimpleNamespace(config=SimpleNamespace(batch_size=2048, arch=arch),
+                              splits=SimpleNamespace(val=val, streamed=False))
+    dataset = training._validation(session)
+    batches = [b.numpy() for b in dataset]
+    assert [len(b) for b in batches] == sizes
+    assert all(b.dtype == np.float32 for b in batches)
+    np.testing.assert_array_equal(np.concatenate(batches), val)
+    again = np.concatenate([b.numpy() for b in dataset])  # the next epoch's iterator
+    np.testing.assert_array_equal(again, val)
