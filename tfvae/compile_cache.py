@@ -48,6 +48,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from tfvae import files
 from tfvae.errors import TfvaeError
 
 #: The environment variable naming the store (``off``, ``0`` or ``none``: no cache).
@@ -159,18 +160,6 @@ def _valid(entry: Path) -> bool:
         and _well_formed(data)
 
 
-def _write(path: Path, content: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _try_lock(path: Path):
     """An open descriptor holding an exclusive lock on ``path``, or None if it is held."""
     try:
@@ -254,15 +243,16 @@ class CompileCache:
         """Publishes the new programs, removes the private folder, trims the store."""
         if self.folder is None:
             return
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, TfvaeError):  # a full disk: StorageError
             for name in self.new_entries():
                 content = (self.folder / name).read_bytes()
                 if not _well_formed(content):
                     continue
-                _write(self.store / name, content)
+                files.atomic_write_bytes(self.store / name, content, durable=False)
                 # The sidecar last: until it matches, other processes skip the entry.
-                _write(self.store / (name + _SIDECAR),
-                       hashlib.sha256(content).hexdigest().encode())
+                files.atomic_write_bytes(self.store / (name + _SIDECAR),
+                                         hashlib.sha256(content).hexdigest().encode(),
+                                         durable=False)
                 self.published.append(name)
         shutil.rmtree(self.folder, ignore_errors=True)
         self.folder = None
@@ -346,16 +336,10 @@ def error_for(exc: BaseException, advice: str):
     cannot be loaded: the programs this process loaded are removed from the
     store, so the next run compiles them. ``advice`` says how to go on.
     """
-    from tfvae import files
-
     cache = _enabled
     if cache is None or cache.folder is None or isinstance(exc, TfvaeError):
         return None  # (a TfvaeError says what to do already)
-    seen, text, chained = set(), "", exc
-    while chained is not None and id(chained) not in seen:
-        seen.add(id(chained))
-        text += str(chained)
-        chained = chained.__cause__ or chained.__context__
+    text = "".join(str(e) for e in files.error_chain(exc))
     if files.no_space(exc) and str(cache.folder) in text:
         free = files._free_mib(cache.store)
         room = "" if free is None else f" ({free:.1f} MiB free)"

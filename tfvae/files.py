@@ -53,18 +53,21 @@ def _free_mib(path: Path) -> float | None:
         return None
 
 
-def no_space(exc: BaseException) -> bool:
-    """Whether ``exc`` (or an error it wraps) is a full-disk error."""
+def error_chain(exc: BaseException | None):
+    """``exc`` and the errors it wraps (``__cause__``, else ``__context__``), each once."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
-            return True
-        # h5py and TensorFlow wrap the OSError in their own errors and messages.
-        if "No space left on device" in str(exc) or "errno = 28" in str(exc):
-            return True
+        yield exc
         exc = exc.__cause__ or exc.__context__
-    return False
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it wraps) is a full-disk error."""
+    # h5py and TensorFlow wrap the OSError in their own errors and messages.
+    return any((isinstance(e, OSError) and e.errno in NO_SPACE)
+               or "No space left on device" in str(e) or "errno = 28" in str(e)
+               for e in error_chain(exc))
 
 
 def storage_error(path, what: str, advice: str = "") -> StorageError:
