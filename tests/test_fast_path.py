@@ -6,6 +6,8 @@ import pytest
 import tfvae
 from tfvae import data, objectives
 from tfvae._keras import keras, tf, tfd, tfpl
+from tfvae.data import modes
+from tfvae.packing import noisy_bits
 
 
 def _id_bits(n: int, width: int = 37) -> np.ndarray:
@@ -79,13 +81,53 @@ def test_block_pipeline_applies_the_mode_to_float_blocks():
     element = next(iter(p.dataset))
     assert p.steps_per_epoch == 1 and int(element["rows"]) == 50
     np.testing.assert_allclose(element["block"].numpy().reshape(50, 6), x / 255.0, rtol=1e-6)
-    dyn = next(iter(data.blocks(x, 10, seed=0, mode="dynamic", levels=256).dataset))
-    assert set(np.unique(dyn["block"].numpy())) <= {0.0, 1.0}
+    # Dynamic bits: the block carries the rows and their noise; the model draws.
+    dyn = next(iter(data.blocks(x, 10, seed=0, mode="dynamic", levels=256,
+                                shuffle=False).dataset))
+    assert dyn["noise"].dtype == tf.uint16 and float(dyn["peak"]) == 255.0
+    np.testing.assert_array_equal(dyn["levels"].numpy().reshape(50, 6), x)
+    bits = noisy_bits(dyn["levels"], dyn["noise"], dyn["peak"]).numpy()
+    assert set(np.unique(bits)) == {0.0, 1.0}
     # 8-bit rows are 256 levels unless told, whatever the mode (dynamic bits
     # once took the raw 0-255 values as probabilities: all ones).
     grey = np.full((400, 50), 64, np.uint8)
-    bits = next(iter(data.blocks(grey, 100, seed=0, mode="dynamic").dataset))["block"].numpy()
+    block = next(iter(data.blocks(grey, 100, seed=0, mode="dynamic").dataset))
+    assert float(block["peak"]) == 255.0
+    bits = noisy_bits(block["levels"], block["noise"], block["peak"]).numpy()
     assert abs(bits.mean() - 64 / 255) < 0.01
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_noisy_bits_take_each_level_with_its_probability(compiled):
+    """Every 16-bit noise value against every 8-bit level: each level k is 1 for
+    exactly ceil(2^16 k / 255) of the 2^16 values, within 2^-16 of k / 255 (0 and 1
+    exactly), in eager TensorFlow and compiled by XLA as in a training block."""
+    levels = tf.constant(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 2 ** 16, 1))
+    noise = tf.constant(np.tile(np.arange(2 ** 16, dtype=np.uint16), (256, 1)))
+
+    def draw():
+        return noisy_bits(levels, noise, tf.constant(255.0))
+
+    bits = (tf.function(draw, jit_compile=True) if compiled else draw)().numpy()
+    ones = bits.sum(axis=1)
+    np.testing.assert_array_equal(ones, np.ceil(2 ** 16 * np.arange(256) / 255))
+    assert ones[0] == 0 and ones[255] == 2 ** 16
+    assert np.abs(ones / 2 ** 16 - np.arange(256) / 255).max() < 2 ** -16
+
+
+def test_dynamic_noise_is_uniform_and_seeded():
+    rows = tf.zeros([2000, 7], tf.uint8)  # an odd width: one word's half unused
+    noise = modes.dynamic_noise(rows, tf.constant(5, tf.int64)).numpy()
+    assert noise.shape == (2000, 7) and noise.dtype == np.uint16
+    np.testing.assert_array_equal(modes.dynamic_noise(rows, tf.constant(5, tf.int64)), noise)
+    assert not np.array_equal(modes.dynamic_noise(rows, tf.constant(6, tf.int64)), noise)
+    # 14,000 draws: mean (2^16 - 1) / 2 within 5 standard errors; both bytes vary.
+    assert abs(noise.mean() - 32767.5) < 5 * 18918 / np.sqrt(noise.size)
+    assert len(np.unique(noise & 0xFF)) == 256 and len(np.unique(noise >> 8)) == 256
+    # The per-batch pipeline draws its bits from the same noise.
+    batch = modes.MODES["dynamic"].batch(tf.fill([2000, 7], np.uint8(128)),
+                                         tf.constant(5, tf.int64), 256)
+    np.testing.assert_array_equal(batch.numpy(), (noise / 2 ** 16 < 128 / 255).astype(np.float32))
 
 
 def test_block_pipeline_rejects_bad_input():

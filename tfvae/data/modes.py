@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfvae.data.binarize import binarize_static, binarize_threshold, dequantize_static
+from tfvae.packing import draw_noise, noisy_bits
 
 #: Seeds of the static protocol (bindata): training split 0, test split 1.
 TRAIN_SEED, TEST_SEED = 0, 1
@@ -32,6 +33,9 @@ class Mode:
       name: the mode's name (``Splits.train_mode``).
       seeded: training batches draw fresh noise (new every epoch).
       bits: training rows are bits {0, 1} (fused blocks hold them bit-packed).
+      noisy: training batches are bits drawn from noise
+        (:func:`tfvae.packing.noisy_bits`): fused blocks carry the rows and the
+        noise, and the model's compiled step draws the bits.
       split: ``(ds, train_idx, val_idx) -> (train, val, test, levels)``: the
         training rows as the pipeline reads them, fixed float32 validation rows
         (or None), fixed test rows (uint8 bits or float32), and the levels of
@@ -45,6 +49,7 @@ class Mode:
     bits: bool
     split: Callable
     batch: Callable
+    noisy: bool = False
 
 
 def _take(x, idx):
@@ -54,8 +59,12 @@ def _take(x, idx):
 def _float(rows, levels):
     from tfvae._keras import tf
 
-    rows = tf.cast(rows, tf.float32)
-    return rows if levels is None or levels <= 2 else rows / float(levels - 1)
+    return tf.cast(rows, tf.float32) / peak(levels)
+
+
+def peak(levels) -> float:
+    """The value of a full pixel: ``levels - 1``, or 1.0 for bits and floats."""
+    return 1.0 if levels is None or levels <= 2 else float(levels - 1)
 
 
 def _uniform(rows, seed, salt):
@@ -80,11 +89,15 @@ def _dynamic_split(ds, train_idx, val_idx):
     return _take(ds.x_train, train_idx), val, test, ds.levels
 
 
-def _dynamic_batch(rows, seed, levels):
+def dynamic_noise(rows, seed):
+    """The uint16 noise of dynamic bits for ``rows`` (``(n, D)``), seeded as batches are."""
     from tfvae._keras import tf
 
-    p = _float(rows, levels)
-    return tf.cast(_uniform(p, seed, 0) < p, tf.float32)
+    return draw_noise(tf.shape(rows)[0], int(rows.shape[-1]), tf.stack([seed, 0]))
+
+
+def _dynamic_batch(rows, seed, levels):
+    return noisy_bits(rows, dynamic_noise(rows, seed), peak(levels))
 
 
 def _threshold_split(ds, train_idx, val_idx):
@@ -121,7 +134,7 @@ MODES: dict[str, Mode] = {
     "static": Mode("static", seeded=False, bits=True, split=_static_split,
                    batch=lambda rows, seed, levels: _float(rows, None)),
     "dynamic": Mode("dynamic", seeded=True, bits=False, split=_dynamic_split,
-                    batch=_dynamic_batch),
+                    batch=_dynamic_batch, noisy=True),
     "threshold": Mode("threshold", seeded=False, bits=True, split=_threshold_split,
                       batch=lambda rows, seed, levels: _float(rows, None)),
     "dequantize": Mode("dequantize", seeded=True, bits=False, split=_dequantize_split,

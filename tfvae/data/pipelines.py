@@ -16,7 +16,16 @@ import numpy as np
 from tfvae.data import modes
 from tfvae.data.binarize import is_binary
 from tfvae.errors import ConfigError
-from tfvae.packing import BITS_KEY, BLOCK_STEPS, FLOAT_KEY, ROWS_KEY, pack_bits
+from tfvae.packing import (
+    BITS_KEY,
+    BLOCK_STEPS,
+    FLOAT_KEY,
+    LEVELS_KEY,
+    NOISE_KEY,
+    PEAK_KEY,
+    ROWS_KEY,
+    pack_bits,
+)
 
 
 def _check(x, mode: str, batch_size, levels) -> modes.Mode:
@@ -147,7 +156,9 @@ def blocks(
     The rows are held once, as a tensor: bit-packed when they are bits, as
     given otherwise. Each epoch draws one permutation (seeded by an element of
     ``Dataset.random(seed)``), gathers a block of rows at a time and applies
-    the data mode to it with the same seeds.
+    the data mode to it with the same seeds; ``dynamic`` bits are left for the
+    model's compiled step to draw, from the block's rows and 16-bit noise
+    (:func:`tfvae.packing.noisy_bits`).
 
     Args:
         x: Training rows ``(N, D)``.
@@ -204,6 +215,10 @@ def _block_dataset(x, spec, levels, steps, batch_size, seed, shuffle):
         b = tf.gather(rows, order)
         if packed:  # the model unpacks a batch at a time, inside its compiled loop
             return {BITS_KEY: tf.reshape(b, [steps, batch_size, -1]), ROWS_KEY: rows_in_block}
+        if spec.noisy:  # the same bits as spec.batch, drawn by the model's compiled loop
+            return {LEVELS_KEY: tf.reshape(b, [steps, batch_size, width]),
+                    NOISE_KEY: tf.reshape(modes.dynamic_noise(b, s), [steps, batch_size, width]),
+                    PEAK_KEY: tf.constant(modes.peak(levels)), ROWS_KEY: rows_in_block}
         b = spec.batch(b, s, levels)
         return {FLOAT_KEY: tf.reshape(b, [steps, batch_size, width]), ROWS_KEY: rows_in_block}
 

@@ -14,7 +14,7 @@ import contextlib
 from tfvae import distribute
 from tfvae._keras import keras, tf
 from tfvae.errors import ConfigError
-from tfvae.packing import ROWS_KEY, block_data, is_block, unpack_bits
+from tfvae.packing import KINDS, ROWS_KEY, block_data, is_block, noisy_bits, unpack_bits
 
 #: ``compile``'s default ``steps_per_execution``: Keras runs this many training
 #: steps per call into the runtime (``benchmarks/user_fit.py`` measures it).
@@ -102,18 +102,18 @@ class TrainingSteps:
                               f".dataset, got {element_spec!r}")
         if getattr(self, "_jit_compile", False):
             return False
-        spec, packed = block_data(element_spec)
-        self._check_block(spec, packed)
+        specs, kind = block_data(element_spec)
+        self._check_block(specs, kind)
         self.build_optimizers()
 
         # Called from a graph, as Keras' training function calls it: the same
         # trace, and the same entry of XLA's compilation cache (an eager call
         # would compile a second program).
         @tf.function(autograph=False)
-        def compile_only(block, full):
-            return self._run_block(block, full, packed)
+        def compile_only(parts, full):
+            return self._run_block(parts, full, kind)
 
-        compile_only(tf.zeros(spec.shape, spec.dtype), tf.constant(0))
+        compile_only(tuple(tf.zeros(spec.shape, spec.dtype) for spec in specs), tf.constant(0))
         return True
 
     @contextlib.contextmanager
@@ -220,25 +220,27 @@ class TrainingSteps:
         """
         return self._step(tf.ensure_shape(x, [None, self.input_dim]))
 
-    def _check_block(self, block, packed: bool) -> None:
+    def _check_block(self, parts, kind: str) -> None:
         """Refuses blocks whose rows are not ``input_dim`` wide (packed: its bytes)."""
-        if block.shape.rank != 3 or block.shape[1] is None:
-            raise ConfigError(f"a training block must be (steps, batch, D), got {block.shape}")
-        width = -(-self.input_dim // 8) if packed else self.input_dim
-        if block.shape[-1] != width:
-            unit = "bytes of packed bits" if packed else "values"
-            raise ConfigError(
-                f"the training blocks hold rows of {block.shape[-1]} {unit}, but the model takes "
-                f"{self.input_dim} inputs ({width} {unit}); make the blocks from rows of the "
-                "model's input size"
-            )
+        packed = kind == "bits"
+        for block in parts[:len(KINDS[kind])]:
+            if block.shape.rank != 3 or block.shape[1] is None:
+                raise ConfigError(f"a training block must be (steps, batch, D), got {block.shape}")
+            width = -(-self.input_dim // 8) if packed else self.input_dim
+            if block.shape[-1] != width:
+                unit = "bytes of packed bits" if packed else "values"
+                raise ConfigError(
+                    f"the training blocks hold rows of {block.shape[-1]} {unit}, but the model "
+                    f"takes {self.input_dim} inputs ({width} {unit}); make the blocks from rows of "
+                    "the model's input size"
+                )
 
     @plain_trace
     def train_step(self, data):
         """One training step, or a fused block of them (see :func:`tfvae.data.blocks`)."""
         if is_block(data):
-            block, packed = block_data(data)
-            return self._train_block(block, data[ROWS_KEY], packed)
+            parts, kind = block_data(data)
+            return self._train_block(parts, data[ROWS_KEY], kind)
         loss, values = self._step(self._unpack(data))
         return self._record(loss, values)
 
@@ -251,13 +253,16 @@ class TrainingSteps:
         return self._record(loss, values)
 
     # ------------------------------------------------------------ fused blocks
-    def _batch_of(self, rows, packed: bool):
-        """float32 batch from block rows: bit-unpacked (``pack_bits`` order) or cast."""
-        if packed:
-            return unpack_bits(rows, self.input_dim, tf.float32)
-        return tf.cast(rows, tf.float32)
+    def _batch_of(self, parts, kind: str, index):
+        """float32 batch ``index`` (an index or a slice) of a block's parts: bit-unpacked
+        (``pack_bits`` order), bits drawn from noise (``noisy_bits``), or cast."""
+        if kind == "bits":
+            return unpack_bits(parts[0][index], self.input_dim, tf.float32)
+        if kind == "noisy":
+            return noisy_bits(parts[0][index], parts[1][index], parts[2])
+        return tf.cast(parts[0][index], tf.float32)
 
-    def _train_block(self, block, rows, packed=False):
+    def _train_block(self, parts, rows, kind="float"):
         """The ``rows // B`` full batches in one compiled loop, then the partial one."""
         if tf.distribute.has_strategy():
             raise ConfigError(
@@ -265,17 +270,17 @@ class TrainingSteps:
                 "ones: the optimizer's cross-replica update cannot run inside the compiled "
                 "loop); under a strategy train on plain batches (tfvae.data.make_pipeline)"
             )
-        self._check_block(block, packed)
-        batch = int(block.shape[1])
+        self._check_block(parts, kind)
+        batch = int(parts[0].shape[1])
         rows = tf.cast(rows, tf.int32)
         full = rows // batch
         with tf.init_scope():
             self.build_optimizers()
-        self._run_block(block, full, packed)
-        flat = tf.reshape(block, [-1, block.shape[-1]])
+        self._run_block(parts, full, kind)
+        flat = tuple(tf.reshape(p, [-1, p.shape[-1]]) if p.shape.rank == 3 else p for p in parts)
 
         def tail():
-            loss, values = self._block_step(self._batch_of(flat[full * batch:rows], packed))
+            loss, values = self._block_step(self._batch_of(flat, kind, slice(full * batch, rows)))
             for name, value in self._measured(loss, values).items():
                 self._trackers[name].update_state(value)
             return tf.constant(0)
@@ -300,14 +305,14 @@ class TrainingSteps:
         return tf.stack(sums), tf.stack(counts)
 
     @tf.function(jit_compile=True, autograph=False)
-    def _run_block(self, block, full, packed):
+    def _run_block(self, parts, full, kind):
         # The first ``full`` batches of the block, one optimizer step each. The
         # metrics' sums ride along in the loop and reach the trackers once,
         # instead of an update per step.
         size = len(self._trackers)
 
         def body(i, sums, counts):
-            loss, values = self._block_step(self._batch_of(block[i], packed))
+            loss, values = self._block_step(self._batch_of(parts, kind, i))
             step_sums, step_counts = self._metric_sums(loss, values)
             return i + 1, sums + step_sums, counts + step_counts
 
