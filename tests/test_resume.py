@@ -189,6 +189,52 @@ def test_weights_files_hold_the_weights_alone_and_load_into_any_model(tmp_path, 
             np.testing.assert_array_equal(var.numpy(), before)
 
 
+@pytest.mark.parametrize("name", ["gaussian", "bernoulli", "sbn", "ae-gmm"])
+def test_weights_writer_writes_what_keras_walk_writes(tmp_path, make_model, binary_images,
+                                                      name):
+    # The writer walks the model once, as Keras' saving does each time (optimizers
+    # left out), then only writes: the same groups, names and values as that walk,
+    # and after an update the new values.
+    import h5py
+    import numpy as np
+    from tf_keras.src.saving import saving_lib
+
+    from tfvae._keras import keras
+    from tfvae.runs.store import WeightsWriter
+
+    model = make_model(name)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(binary_images[:64], epochs=1, batch_size=32, verbose=0)
+
+    def keras_walk(path):
+        store = saving_lib.H5IOStore(str(path), mode="w")
+        saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="",
+                               visited_trackables={id(model.optimizer)})
+        store.close()
+
+    def contents(path):
+        found = {}
+        with h5py.File(path) as f:
+            f.visititems(lambda key, obj: found.__setitem__(
+                key, obj[()] if isinstance(obj, h5py.Dataset) else None))
+        return found
+
+    writer = WeightsWriter(model)
+    for step in range(2):
+        ours, theirs = tmp_path / f"ours{step}.weights.h5", tmp_path / f"keras{step}.h5"
+        writer(ours)
+        keras_walk(theirs)
+        got, want = contents(ours), contents(theirs)
+        assert sorted(got) == sorted(want) and any("vars/0" in key for key in got)
+        for key, value in want.items():
+            if value is not None:
+                np.testing.assert_array_equal(got[key], value)
+        model.fit(binary_images[:64], epochs=1, batch_size=32, verbose=0)  # new values
+    before, after = contents(tmp_path / "ours0.weights.h5"), contents(tmp_path / "ours1.weights.h5")
+    assert any(not np.array_equal(before[key], after[key])
+               for key in before if before[key] is not None)
+
+
 def test_replaced_files_get_the_mode_open_would_give(tmp_path):
     # A temporary file and a rename, yet not mkstemp's 0600: what the umask allows.
     import os

@@ -26,7 +26,7 @@ from pathlib import Path
 from tfvae import distribute, files
 from tfvae._keras import keras, tf
 from tfvae.runs import layout, record
-from tfvae.runs.store import save_weights
+from tfvae.runs.store import WeightsWriter
 from tfvae.utils import release_memory
 
 
@@ -179,6 +179,7 @@ class RunRecorder(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         (self.run_dir / layout.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         self._checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
+        self._write_weights = WeightsWriter(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
@@ -224,7 +225,7 @@ class RunRecorder(keras.callbacks.Callback):
         """State, last and best weights of a new epoch; partial files removed on failure."""
         try:
             self._checkpoint.write(str(folder / prefix))
-            save_weights(self.model, folder / layout.LAST)
+            self._write_weights(folder / layout.LAST)
             if improved:  # the same weights: a copy costs less than serializing again
                 with files.atomic_path(folder / layout.BEST) as tmp:
                     shutil.copyfile(folder / layout.LAST, tmp)
