@@ -196,21 +196,21 @@ def test_two_new_runs_into_one_folder_exactly_one_proceeds(tmp_path):
 
 @pytest.mark.slow
 def test_a_full_disk_keeps_the_last_good_epoch(tmp_path, monkeypatch):
-    import tfvae.callbacks
+    from tfvae.runs.store import WeightsWriter
 
-    real = tfvae.callbacks.save_weights
+    real = WeightsWriter.__call__
     calls = []
 
-    def full_after_epoch_one(model, path):
+    def full_after_epoch_one(self, path):
         calls.append(path)
         if len(calls) > 1:  # epoch 1 wrote last (best is its copy); epoch 2 runs out of space
             with open(path.with_name(".tmp-partial-" + path.name), "wb") as f:
                 f.write(b"half")
             os.unlink(path.with_name(".tmp-partial-" + path.name))
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real(model, path)
+        real(self, path)
 
-    monkeypatch.setattr(tfvae.callbacks, "save_weights", full_after_epoch_one)
+    monkeypatch.setattr(WeightsWriter, "__call__", full_after_epoch_one)
     out = tmp_path / "run"
     with pytest.raises(files.StorageError) as info:
         tfvae.train(out=out, epochs=3, **SMALL)
@@ -222,7 +222,7 @@ def test_a_full_disk_keeps_the_last_good_epoch(tmp_path, monkeypatch):
     leftovers = sorted(p.name for p in (out / "checkpoints").rglob("*") if p.is_file())
     assert leftovers == ["best.weights.h5", "epoch-0001.data-00000-of-00001",
                          "epoch-0001.index", "last.weights.h5", "resume.json"]
-    monkeypatch.setattr(tfvae.callbacks, "save_weights", real)
+    monkeypatch.setattr(WeightsWriter, "__call__", real)
     run = tfvae.train(resume=out, verbose=0, figures=False)
     assert run.status["status"] == "completed" and run.status["epochs_completed"] == 3
 
