@@ -23,6 +23,7 @@ from tfvae_cli.export import export
 from tfvae_cli.sample import sample
 
 from tfvae import compile_cache
+from tfvae.errors import Interrupted
 
 
 @click.group(context_settings=CONTEXT)
@@ -115,7 +116,10 @@ _OWN_PROCESS = False
 
 
 def _library_train(*args, **kwargs):
-    from tfvae.training import train as train_run
+    try:
+        from tfvae.training import train as train_run  # TensorFlow loads: about 2 s
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted while TensorFlow loaded; nothing was written") from None
 
     if _OWN_PROCESS:
         # The library's ~600,000 objects live as long as the command: frozen, they

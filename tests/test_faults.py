@@ -78,6 +78,22 @@ def test_interrupt_during_final_evaluation_then_resume_finishes_it(tmp_path, mon
     assert [h["epoch"] for h in run.history] == [1]  # no epoch trained again
 
 
+def test_ctrl_c_while_tensorflow_loads_says_nothing_was_written(tmp_path):
+    # The command names the run directory, then loads TensorFlow (about 2 s): a Ctrl-C
+    # then once printed only "interrupted", for a directory that was never made.
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cli("train", "--out", str(out)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    assert "run directory" in line, line
+    time.sleep(0.3)  # into the import (not the microseconds left of that line's echo)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted while TensorFlow loaded; nothing was written" in stderr, stderr[-2000:]
+    assert "Traceback" not in stderr and not out.exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_mid_training_stops_cleanly_and_records_agree(tmp_path, sig):
@@ -225,6 +241,31 @@ def test_a_full_disk_keeps_the_last_good_epoch(tmp_path, monkeypatch):
     monkeypatch.setattr(WeightsWriter, "__call__", real)
     run = tfvae.train(resume=out, verbose=0, figures=False)
     assert run.status["status"] == "completed" and run.status["epochs_completed"] == 3
+
+
+def test_a_full_disk_during_the_final_evaluation_says_to_resume(tmp_path, monkeypatch):
+    # Each write of the end of a run says what to do, like training's: a new user saw
+    # only "evaluation.json could not be written. Free some space".
+    from pathlib import Path
+
+    real = files.atomic_write_json
+
+    def full(path, data, durable=True):
+        if Path(path).name == layout.EVALUATION:
+            raise files.storage_error(path, Path(path).name)
+        return real(path, data, durable)
+
+    monkeypatch.setattr(files, "atomic_write_json", full)
+    out = tmp_path / "run"
+    with pytest.raises(files.StorageError) as info:
+        tfvae.train(out=out, epochs=1, **SMALL)
+    assert str(info.value).endswith(
+        f"{layout.EVALUATION} could not be written. Free some space, then resume with "
+        f"`tfvae train --resume {out}`")
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(files, "atomic_write_json", real)
+    run = tfvae.train(resume=out, verbose=0, figures=False)
+    assert run.status["status"] == "completed" and (out / layout.EVALUATION).is_file()
 
 
 @pytest.mark.slow

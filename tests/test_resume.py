@@ -57,6 +57,19 @@ def test_a_run_with_no_completed_epoch_starts_again_on_resume(tmp_path):
     assert run.status["status"] == "completed"
 
 
+def test_a_training_state_cut_short_is_refused_as_such(tmp_path):
+    # TensorFlow's reader raises IndexError ("Read less bytes than requested") on a data
+    # file cut short, which the command once took for a damaged compile cache.
+    out = tmp_path / "run"
+    tfvae.train(out=out, epochs=1, hidden=(32,), latent_dim=2, iwae_k=2, verbose=0,
+                figures=False)
+    (data,) = (out / "checkpoints" / "state").glob("epoch-0001.data-*")
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(RunDirError, match="training state .* cannot be restored .*Read less "
+                                          "bytes than requested.*start a new run"):
+        tfvae.train(resume=out, epochs=2, verbose=0, figures=False)
+
+
 def _cli(*args):
     return [sys.executable, "-m", "tfvae_cli.main", *args]
 

@@ -309,9 +309,11 @@ def trim(root, max_bytes: int = MAX_BYTES) -> list[Path]:
     return removed
 
 
-#: What TensorFlow says when a program in the cache folder cannot be loaded.
-_LOAD_FAILURES = ("Read less bytes than requested", "Serialized cache key does not match",
-                  "Serialized HLO does not match", "No binary found in serialized entry")
+#: What TensorFlow says when a program in the cache folder cannot be loaded. Not
+#: "Read less bytes than requested", which TensorFlow also says of any file cut
+#: short (a run's training state, for one): the entries are checked whole first.
+_LOAD_FAILURES = ("Serialized cache key does not match", "Serialized HLO does not match",
+                  "No binary found in serialized entry")
 
 
 @contextlib.contextmanager

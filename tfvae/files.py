@@ -95,6 +95,14 @@ def disk_errors(path, what: str, advice: str = ""):
         raise
 
 
+def advised(exc: BaseException, advice: str) -> BaseException:
+    """``exc``, or for a StorageError that says only "Free some space" one that
+    also says ``advice`` (", then resume with ...")."""
+    if isinstance(exc, StorageError) and str(exc).endswith("Free some space"):
+        return StorageError(f"{exc}, then {advice}")
+    return exc
+
+
 def atomic_write_bytes(path, content: bytes, durable: bool = True) -> None:
     """Writes ``content`` to ``path`` through a temporary file and a rename.
 

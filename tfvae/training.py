@@ -340,10 +340,10 @@ def _run(session: Session, signals: _Signals) -> Run:
         if session.chief:
             _set_status(session, "interrupted")
         raise
-    except (TrainingError, files.StorageError, compile_cache.CacheError):
+    except (TrainingError, files.StorageError, compile_cache.CacheError) as exc:
         if session.chief:
             _set_status(session, "failed")
-        raise
+        raise files.advised(exc, f"resume with `tfvae train --resume {out}`") from None
 
 
 def _set_status(session: Session, status: str) -> None:
@@ -493,7 +493,7 @@ def _restore_state(model, prefix: Path, out: Path) -> None:
     try:
         status = tf.train.Checkpoint(model=model, optimizer=model.optimizer).read(str(prefix))
         status.assert_existing_objects_matched()
-    except (tf.errors.OpError, AssertionError, ValueError) as exc:
+    except (tf.errors.OpError, AssertionError, ValueError, IndexError) as exc:  # Index: cut short
         raise RunDirError(
             f"the training state {prefix} in {out} cannot be restored "
             f"({type(exc).__name__}: {str(exc).splitlines()[0]}); start a new run"
