@@ -248,6 +248,40 @@ def test_weights_writer_writes_what_keras_walk_writes(tmp_path, make_model, bina
                for key in before if before[key] is not None)
 
 
+def test_weights_edited_in_place_are_refused_by_their_digest(tmp_path):
+    # HDF5 keeps no checksums of its data: a same-size edit read without a word, and a
+    # new user's evaluation gave an ELBO of -98,667. tfvae's files carry a digest.
+    import h5py
+    import numpy as np
+
+    from tfvae.runs.store import WeightsChanged, check_digest, load_model
+
+    out = tmp_path / "run"
+    tfvae.train(out=out, epochs=1, hidden=(32,), latent_dim=2, iwae_k=2, verbose=0,
+                figures=False)
+    best = out / "checkpoints" / "best.weights.h5"
+    assert check_digest(best) is True
+    load_model(out, "best")  # intact: loads
+    with h5py.File(best, "r") as f:
+        kernels = []
+        f.visititems(lambda name, obj: kernels.append(obj) if isinstance(obj, h5py.Dataset)
+                     and obj.ndim == 2 else None)
+        offset, size = kernels[0].id.get_offset(), kernels[0].id.get_storage_size()
+    data = bytearray(best.read_bytes())
+    data[offset:offset + size // 4] = bytes(b ^ 0xFF for b in data[offset:offset + size // 4])
+    best.write_bytes(bytes(data))  # the same size, 1/4 of a kernel inverted
+    with pytest.raises(WeightsChanged):
+        check_digest(best)
+    with pytest.raises(RunDirError, match="was changed after tfvae wrote it.*--checkpoint last"):
+        load_model(out, "best")
+    load_model(out, "last")  # the other checkpoint is untouched
+    # Keras' own files have no digest: read as they are.
+    model, _ = load_model(out, "last")
+    model.save_weights(str(tmp_path / "keras.weights.h5"))
+    assert check_digest(tmp_path / "keras.weights.h5") is False
+    assert np.isfinite(model.get_weights()[0]).all()
+
+
 def test_replaced_files_get_the_mode_open_would_give(tmp_path):
     # A temporary file and a rename, yet not mkstemp's 0600: what the umask allows.
     import os

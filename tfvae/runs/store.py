@@ -8,6 +8,7 @@ autoencoder's mixture) ``.npz`` + JSON through :mod:`tfvae.runs.families`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 
 from tfvae import files
@@ -108,17 +109,76 @@ class WeightsWriter:
 
             store = saving_lib.H5IOStore(str(tmp), mode="w")
             try:
+                digests = {}
                 for inner_path, trackable in self._plan:
-                    trackable.save_own_variables(store.make(inner_path))
+                    trackable.save_own_variables(_Digesting(store.make(inner_path), digests))
+                store.h5_file.attrs[DIGEST_ATTR] = _combined(digests)
             finally:
                 store.close()
+
+
+#: The root attribute of a weights file holding the digest of its weights.
+DIGEST_ATTR = "tfvae_sha256"
+
+
+class WeightsChanged(ValueError):
+    """A weights file whose values no longer match the digest written with them."""
+
+
+class _Digesting:
+    """A Keras weights-store group that also digests what is stored in it."""
+
+    def __init__(self, group, digests: dict):
+        self._group, self._digests = group, digests
+
+    def __setitem__(self, key, value):
+        self._group[key] = value
+        self._digests[f"{self._group.name}/{key}"] = _digest(value)
+
+
+def _digest(value) -> str:
+    import numpy as np
+
+    array = np.ascontiguousarray(value)
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(memoryview(array.reshape(-1)).cast("B"))  # no copy: 1.5 ms for 2.6 MB
+    return digest.hexdigest()
+
+
+def _combined(digests: dict) -> str:
+    return hashlib.sha256("".join(f"{k} {digests[k]}\n" for k in sorted(digests)).encode()
+                          ).hexdigest()
+
+
+def check_digest(path) -> bool:
+    """Whether ``path``'s weights match the digest tfvae wrote into it.
+
+    True when they match; False for a file without one (Keras' own, or one an
+    earlier tfvae wrote). Raises :class:`WeightsChanged` when the
+    file was edited or damaged after it was written (a same-size edit that
+    HDF5, which keeps no checksums of its data, would read without a word).
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        written = f.attrs.get(DIGEST_ATTR)
+        if written is None:
+            return False
+        digests = {}
+        f.visititems(lambda name, obj: digests.__setitem__(obj.name, _digest(obj[()]))
+                     if isinstance(obj, h5py.Dataset) else None)
+    if _combined(digests) != (written.decode() if isinstance(written, bytes) else written):
+        raise WeightsChanged(f"{path}: its weights do not match the digest written with them")
+    return True
 
 
 def load_weights(model, path) -> None:
     """Loads a ``.weights.h5`` file of :func:`save_weights` (or Keras') into ``model``.
 
     The optimizers' slots are left as they are, whether or not the file has them.
+    A file tfvae wrote is checked against its digest first (:func:`check_digest`).
     """
+    check_digest(path)
     try:
         from tf_keras.src.saving import saving_lib
 
@@ -224,6 +284,13 @@ def load_model(run_dir, which: str = "best", extras: bool = True, into=None):
     model = build_model(config) if into is None else into
     try:
         load_weights(model, ckpt)
+    except WeightsChanged:
+        other = "last" if ckpt.name == layout.BEST else "best"
+        raise RunDirError(
+            f"checkpoint {ckpt} was changed after tfvae wrote it: its weights do not match "
+            f"the digest written with them (edited or damaged). The {other} checkpoint may "
+            f"be intact (`--checkpoint {other}` of evaluate and export); or train again"
+        ) from None
     except Exception as exc:  # h5py/Keras raise many types for a bad file
         raise RunDirError(
             f"checkpoint {ckpt} cannot be read ({type(exc).__name__}: {exc}); "
