@@ -91,7 +91,10 @@ class WeightsWriter:
     others): two thirds of the 16 ms that saving the main job's weights took
     each epoch. What the walk finds, which objects write their variables under
     which names, does not change while a model trains: the writer walks once
-    (as Keras does, :func:`_weights_plan`) and then only writes (5 ms).
+    (as Keras does, :func:`_weights_plan`) and then only writes. Each file
+    also gets the SHA-256 digest of its weights (root attribute
+    :data:`DIGEST_ATTR`, hashed as they are written: 1.5 ms for the main job's
+    2.6 MB), which :func:`load_weights` checks.
     """
 
     def __init__(self, model):
