@@ -59,7 +59,8 @@ def _take(x, idx):
 def _float(rows, levels):
     from tfvae._keras import tf
 
-    return tf.cast(rows, tf.float32) / peak(levels)
+    rows, top = tf.cast(rows, tf.float32), peak(levels)
+    return rows if top == 1.0 else rows / top  # no division by 1 in every batch
 
 
 def peak(levels) -> float:

@@ -207,7 +207,7 @@ def _weights_plan(model):
 
     The walk of tf_keras' ``saving_lib._save_state`` (the optimizers marked
     visited first, so they are left out), recording instead of writing;
-    ``tests/test_training.py`` checks the files against Keras' own walk.
+    ``tests/test_resume.py`` checks the files against Keras' own walk.
     False where that Keras-internal walk is missing.
     """
     try:
