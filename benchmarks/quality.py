@@ -77,7 +77,7 @@ SETUPS = {
 def run_tfvae(args, model: str, latent: int, seed: int, estimator: str | None) -> dict:
     import tfvae
     from tfvae.evaluation import evaluate
-    from tfvae.runs.data import load_data
+    from tfvae.runs.run_data import load_data
 
     options = dict(
         data_dir=args.data_dir, val_fraction=0.0,

@@ -65,7 +65,7 @@ MODELS = {
 def run(args, name: str, estimator: str) -> None:
     import tfvae
     from tfvae.evaluation import evaluate
-    from tfvae.runs.data import load_data
+    from tfvae.runs.run_data import load_data
 
     keras = tfvae.keras
     steps_per_epoch = 50_000 // 50

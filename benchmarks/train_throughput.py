@@ -58,7 +58,7 @@ cache = compile_cache.enable()  # as the tfvae command does; TFVAE_COMPILE_CACHE
 import tfvae
 from tfvae.evaluation import evaluate
 from tfvae.training import choose_path
-from tfvae.runs.data import load_data
+from tfvae.runs.run_data import load_data
 iwae_k = opts.pop("iwae_k_bench")
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

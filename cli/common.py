@@ -21,7 +21,6 @@ import warnings
 
 import click
 
-from tfvae import compile_cache
 from tfvae.config import Config
 from tfvae.errors import Interrupted, TfvaeError, TfvaeWarning
 
@@ -118,7 +117,7 @@ def handle_errors(func):
     @functools.wraps(func)
     def wrapper(*args, verbose=False, **kwargs):
         try:
-            with _quiet(verbose), compile_cache.explained("run the command again"):
+            with _quiet(verbose):
                 return func(*args, **kwargs)
         except click.ClickException:
             raise

@@ -47,7 +47,7 @@ def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
             "of bernoulli runs (tfvae train --model bernoulli)"
         )
     from tfvae.diagnostics import gradient_variance
-    from tfvae.runs.data import load_data
+    from tfvae.runs.run_data import load_data
     from tfvae.runs.store import load_model
 
     model, config = load_model(run_dir, checkpoint)

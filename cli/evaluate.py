@@ -44,7 +44,7 @@ def evaluate(run_dir, k, dataset, data_dir, tfds_data_dir, checkpoint, seed, as_
         config = dataclasses.replace(config, dataset=dataset, data_dir=data_dir,
                                      tfds_data_dir=tfds_data_dir)
     from tfvae.evaluation import evaluate as evaluate_model
-    from tfvae.runs.data import load_data
+    from tfvae.runs.run_data import load_data
     from tfvae.runs.store import load_model
 
     model, trained = load_model(run_dir, checkpoint)

@@ -22,7 +22,6 @@ from tfvae_cli.evaluate import evaluate
 from tfvae_cli.export import export
 from tfvae_cli.sample import sample
 
-from tfvae import compile_cache
 from tfvae.errors import Interrupted
 
 
@@ -162,11 +161,6 @@ def main():
     # on 2 cores); everything is written and closed by then, so the walk is
     # skipped. atexit runs this last, after TensorFlow's own exit handlers.
     atexit.register(gc.freeze)
-    # XLA's compiled programs are kept on disk for the next command on this
-    # machine (tfvae/compile_cache.py): about a second and 80-110 MiB of peak
-    # memory less from the second run of a model on. TFVAE_COMPILE_CACHE=off turns it off.
-    # Registered after gc.freeze, so it runs first at exit.
-    compile_cache.enable()
     global _OWN_PROCESS
     _OWN_PROCESS = True
     cli(prog_name="tfvae")

@@ -4,13 +4,10 @@ Tests run offline on the package's own data (the embedded mnist-10k, small
 arrays made here) and are seeded; slow ones are marked ``slow``.
 """
 
-import atexit
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +15,6 @@ import pytest
 
 # Quiet TensorFlow's C++ logging in test output (the application's choice).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# The commands the tests start keep their compiled programs in a store of the
-# test session's own (tfvae/compile_cache.py), not in the user's ~/.cache.
-_COMPILE_CACHE = tempfile.mkdtemp(prefix="tfvae-tests-xla-")
-os.environ.setdefault("TFVAE_COMPILE_CACHE", _COMPILE_CACHE)
-atexit.register(shutil.rmtree, _COMPILE_CACHE, True)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: ../shared beside the checkout (the shared benchmark protocol and peers).

@@ -14,7 +14,7 @@ from tfvae.evaluation import evaluate
 from tfvae.gmm import GMMSampler
 from tfvae.models.autoencoder import Autoencoder
 from tfvae.runs.families import FAMILIES, PROPOSAL_FILE
-from tfvae.utils import stateless_seed
+from tfvae.runtime import stateless_seed
 
 FAMILY = FAMILIES["ae-gmm"]
 

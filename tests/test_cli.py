@@ -253,8 +253,6 @@ def test_only_the_console_script_freezes_the_collector(runner, tmp_path, monkeyp
     result = runner.invoke(cli, ["train", "--out", str(tmp_path / "a")])
     assert result.exit_code == 1 and "stop here" in result.output
     monkeypatch.setattr(sys, "argv", ["tfvae", "train", "--out", str(tmp_path / "b")])
-    # The console script would also turn the compile cache on for this (the test) process.
-    monkeypatch.setenv("TFVAE_COMPILE_CACHE", "off")
     try:
         with pytest.raises(SystemExit) as stop:
             cli_main.main()

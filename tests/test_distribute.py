@@ -127,7 +127,7 @@ def test_multiworker_two_processes(tiny_npy, tmp_path):
     assert not list((tmp_path / "tmp-1").glob("tfvae-worker-*"))
     # Validation is the mean over all validation rows, not a sum over workers:
     # the same as evaluating the final weights in one process.
-    from tfvae.runs.data import load_data
+    from tfvae.runs.run_data import load_data
     from tfvae.runs.store import load_config, load_model
 
     model, _ = load_model(out, "last", extras=False)

@@ -7,7 +7,7 @@ import tfvae
 from tfvae import data, objectives
 from tfvae._keras import keras, tf, tfd, tfpl
 from tfvae.data import modes
-from tfvae.packing import noisy_bits
+from tfvae.fused_blocks import noisy_bits
 
 
 def _id_bits(n: int, width: int = 37) -> np.ndarray:

@@ -125,7 +125,7 @@ def test_bits_per_dimension_follow_the_formulas(make_model, patches):
 def test_colour_arrays_default_to_the_logistic_likelihood(patches_npz):
     ds = data.load_dataset(data_dir=patches_npz)
     assert ds.image_shape == (32, 32, 3) and ds.levels == 256 and ds.dim == 3072
-    from tfvae.runs.data import resolve_likelihood
+    from tfvae.runs.run_data import resolve_likelihood
 
     assert resolve_likelihood(tfvae.Config(), ds) == "logistic"
     assert data.prepare(ds, likelihood="logistic").train_mode == "none"
@@ -221,7 +221,7 @@ def test_flat_rows_take_an_image_shape(patches, tmp_path):
     flat = patches.reshape(len(patches), -1)
     np.save(tmp_path / "flat.npy", flat)
     config = tfvae.Config(data_dir=str(tmp_path / "flat.npy"), image_shape="32,32,3")
-    from tfvae.runs.data import load_data
+    from tfvae.runs.run_data import load_data
 
     dataset, _ = load_data(config)
     assert dataset.image_shape == (32, 32, 3) and config.likelihood == "logistic"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import tfvae
-from tfvae import layered
 from tfvae._keras import keras, tf
-from tfvae.layered import LAYERED_ESTIMATORS, LayerState
+from tfvae.estimators import layered
+from tfvae.estimators.layered import LAYERED_ESTIMATORS, LayerState
 
 PIXELS, UNITS = 6, 2
 SIGMAS = 5.0

@@ -12,6 +12,7 @@ import pytest
 import tfvae
 from tfvae import runs, training
 from tfvae.errors import RunDirError
+from tfvae.runs.recorder import RunRecorder
 
 SMALL = dict(hidden=(32,), latent_dim=2, iwae_k=5, verbose=0, figures=False)
 
@@ -136,13 +137,12 @@ def test_best_weights_are_those_of_the_best_epoch_and_last_those_of_the_last(tmp
     # stays as it was when one does not.
     import numpy as np
 
-    from tfvae import callbacks
     from tfvae._keras import keras
 
     model = make_model("gaussian")
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     model.fit(binary_images[:64], epochs=1, batch_size=32, verbose=0)
-    recorder = callbacks.RunRecorder(tmp_path, monitor="loss")
+    recorder = RunRecorder(tmp_path, monitor="loss")
     recorder.set_model(model)
     recorder.on_train_begin()
     recorder.on_epoch_begin(0)

@@ -7,6 +7,7 @@ import pytest
 
 import tfvae
 from tfvae.errors import RunDirError
+from tfvae.runs.recorder import RunRecorder
 
 
 def test_run_directory_contents(tiny_run):
@@ -137,7 +138,7 @@ def test_a_stop_request_records_an_epoch_only_if_all_its_steps_ran(tmp_path, at_
 
     out = io.StringIO()
     progress = cb.Progress(4, 25, 100, live=False, stream=out, skip=(stop,))
-    recorder = cb.RunRecorder(tmp_path, "loss", skip=(stop,))
+    recorder = RunRecorder(tmp_path, "loss", skip=(stop,))
     history = model.fit(x, batch_size=25, epochs=3, verbose=0,
                         callbacks=[Press(), stop, recorder, progress])
     assert len(history.epoch) == 1  # training stopped in the first epoch

@@ -85,7 +85,7 @@ def gradient_variance(model, x, estimators=None, num_draws: int = 50, seed: int 
 def _draws(model, x, name: str, k: int, num_draws: int, seed: int) -> np.ndarray:
     """``num_draws`` encoder gradients of one estimator's surrogate, ``[draws, params]``."""
     from tfvae._keras import tf
-    from tfvae.utils import stateless_seed
+    from tfvae.runtime import stateless_seed
 
     variables = model.inference_variables
 

@@ -34,7 +34,7 @@ from collections.abc import Callable
 import numpy as np
 
 from tfvae.errors import ConfigError
-from tfvae.utils import stateless_seed
+from tfvae.runtime import stateless_seed
 
 DEFAULT_K = 1000
 MAX_K = 100_000

@@ -28,7 +28,7 @@ import numpy as np
 
 from tfvae.errors import ConfigError, RunDirError, TfvaeError
 from tfvae.files import atomic_path, atomic_write_json, read_json
-from tfvae.noise import positive_count
+from tfvae.sampler_noise import positive_count
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 NPZ_NAME = "gmm.npz"
@@ -239,7 +239,7 @@ class GMMSampler:
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """Draws ``n`` codes ``[n, d]`` (float32); the same seed gives the same codes.
 
-        The noise is that of the exported sampler (:mod:`tfvae.noise`): from
+        The noise is that of the exported sampler (:mod:`tfvae.sampler_noise`): from
         ``numpy.random.default_rng(seed)``, uniforms ``u [n]`` pick each code's
         component by inverse CDF over the weights, then normals ``eps [n, d]``
         give ``z = mu_k + L_k eps``.

@@ -23,16 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-from tfvae import compile_cache, distribute, files
+from tfvae import distribute, files
 from tfvae.config import RESUMABLE_FIELDS, Config
 from tfvae.errors import ConfigError, Interrupted, RunDirError, TfvaeError
-from tfvae.finish import finish_run
-from tfvae.packing import is_block
+from tfvae.final_evaluation import finish_run
+from tfvae.fused_blocks import is_block
 from tfvae.runs import layout, record
-from tfvae.runs.data import data_info, load_data
 from tfvae.runs.families import family
+from tfvae.runs.recorder import RunRecorder
+from tfvae.runs.run_data import data_info, load_data
 from tfvae.runs.store import Run, build_model, load_config
-from tfvae.utils import release_memory
+from tfvae.runtime import release_memory
 
 
 class TrainingError(TfvaeError):
@@ -327,20 +328,18 @@ def _run(session: Session, signals: _Signals) -> Run:
     config, out = session.config, session.out
     done = session.previous is not None and session.previous.epoch >= config.epochs
     try:
-        # A full disk under the compile cache or a program it cannot load: said clearly.
-        with compile_cache.explained(f"resume with `tfvae train --resume {out}`"):
-            model = None if done else _fit(session, signals)
-            if not session.chief:
-                return Run(path=out, config=config, model=model, status={}, history=[],
-                           role=_role(session.strategy))
-            return finish_run(out, config, session.splits, session.data, session.figures,
-                              model=model if config.strategy == "default" else None,
-                              progress=session.progress)
+        model = None if done else _fit(session, signals)
+        if not session.chief:
+            return Run(path=out, config=config, model=model, status={}, history=[],
+                       role=_role(session.strategy))
+        return finish_run(out, config, session.splits, session.data, session.figures,
+                          model=model if config.strategy == "default" else None,
+                          progress=session.progress)
     except KeyboardInterrupt:
         if session.chief:
             _set_status(session, "interrupted")
         raise
-    except (TrainingError, files.StorageError, compile_cache.CacheError) as exc:
+    except (TrainingError, files.StorageError) as exc:
         if session.chief:
             _set_status(session, "failed")
         raise files.advised(exc, f"resume with `tfvae train --resume {out}`") from None
@@ -451,7 +450,7 @@ def _callbacks(session: Session, feed: Feed, has_val: bool, guard, stop) -> list
     from tfvae._keras import keras
 
     config, out = session.config, session.out
-    recorder = cb.RunRecorder(out, "val_loss" if has_val else "loss", session.previous,
+    recorder = RunRecorder(out, "val_loss" if has_val else "loss", session.previous,
                               config, session.data, session.strategy, skip=(guard, stop))
     found = [cb.KLWarmup(config.kl_warmup), guard, stop]
     if config.eval_k:  # before the recorder, which records the logs it adds

@@ -29,7 +29,7 @@ from tfvae.data.binarize import (
     scale,
 )
 from tfvae.data.folders import FolderDataSet
-from tfvae.data.loading import load_dataset
+from tfvae.data.load import load_dataset
 from tfvae.data.modes import MODES, TEST_SEED, TRAIN_SEED, Mode
 from tfvae.data.pipelines import BlockPipeline, blocks, make_pipeline
 from tfvae.data.sources import (
@@ -43,7 +43,7 @@ from tfvae.data.sources import (
 from tfvae.data.splits import Splits, data_warnings, prepare, validation_rows
 from tfvae.data.streams import StreamSplits
 from tfvae.errors import ConfigError, DataError
-from tfvae.packing import BLOCK_STEPS, pack_bits, unpack_bits
+from tfvae.fused_blocks import BLOCK_STEPS, pack_bits, unpack_bits
 
 __all__ = [
     "BLOCK_STEPS", "EMBEDDED", "LOCAL_DATASETS", "MODES", "SPLIT_10K", "TEST_SEED",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tfvae.data.binarize import binarize_static, binarize_threshold, dequantize_static
-from tfvae.packing import draw_noise, noisy_bits
+from tfvae.fused_blocks import draw_noise, noisy_bits
 
 #: Seeds of the static protocol (bindata): training split 0, test split 1.
 TRAIN_SEED, TEST_SEED = 0, 1
@@ -34,7 +34,7 @@ class Mode:
       seeded: training batches draw fresh noise (new every epoch).
       bits: training rows are bits {0, 1} (fused blocks hold them bit-packed).
       noisy: training batches are bits drawn from noise
-        (:func:`tfvae.packing.noisy_bits`): fused blocks carry the rows and the
+        (:func:`tfvae.fused_blocks.noisy_bits`): fused blocks carry the rows and the
         noise, and the model's compiled step draws the bits.
       split: ``(ds, train_idx, val_idx) -> (train, val, test, levels)``: the
         training rows as the pipeline reads them, fixed float32 validation rows

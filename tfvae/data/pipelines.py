@@ -16,7 +16,7 @@ import numpy as np
 from tfvae.data import modes
 from tfvae.data.binarize import is_binary
 from tfvae.errors import ConfigError
-from tfvae.packing import (
+from tfvae.fused_blocks import (
     BITS_KEY,
     BLOCK_STEPS,
     FLOAT_KEY,
@@ -110,7 +110,7 @@ def make_pipeline(
 class BlockPipeline:
     """A repeating ``tf.data`` pipeline of fused training blocks and its epoch size.
 
-    Each element is a block (see :mod:`tfvae.packing`): ``K`` batches of ``B``
+    Each element is a block (see :mod:`tfvae.fused_blocks`): ``K`` batches of ``B``
     rows, float32 or bit-packed. Every epoch is one fresh permutation of all
     rows cut into ``steps_per_epoch`` blocks; only an epoch's last block is
     short, so the batches are exactly those of a per-batch pipeline
@@ -158,7 +158,7 @@ def blocks(
     ``Dataset.random(seed)``), gathers a block of rows at a time and applies
     the data mode to it with the same seeds; ``dynamic`` bits are left for the
     model's compiled step to draw, from the block's rows and 16-bit noise
-    (:func:`tfvae.packing.noisy_bits`).
+    (:func:`tfvae.fused_blocks.noisy_bits`).
 
     Args:
         x: Training rows ``(N, D)``.

@@ -4,7 +4,7 @@ IDX folders, ``.npz`` and ``.npy`` files, and arrays.
 Each loader returns a :class:`DataSet` of raw values (uint8 pixels, digits
 0..16, or floats) flattened to rows, with the image shape ``(H, W, C)`` that
 unflattens them. Nothing is unpickled. :func:`tfvae.data.load_dataset`
-(:mod:`tfvae.data.loading`) picks the loader for a name or a path.
+(:mod:`tfvae.data.load`) picks the loader for a name or a path.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 * :mod:`~tfvae.export.litert`: conversion to LiteRT, op/size/output checks,
   running LiteRT files;
 * :mod:`~tfvae.export.exporting`: :func:`export` and :func:`export_run`;
-* :mod:`~tfvae.export.loading`: :class:`ExportDir`, :func:`draw_noise`,
+* :mod:`~tfvae.export.export_dir`: :class:`ExportDir`, :func:`draw_noise`,
   :func:`sample_from_noise`.
 
 Samplers take their noise as an input, so the graphs hold builtin LiteRT ops
@@ -52,11 +52,11 @@ _LAZY = {
     "export": "tfvae.export.exporting",
     "export_run": "tfvae.export.exporting",
     "representative_images": "tfvae.export.exporting",
-    "ExportDir": "tfvae.export.loading",
-    "draw_noise": "tfvae.export.loading",
-    "noise_inputs": "tfvae.export.loading",
-    "sample_from_noise": "tfvae.export.loading",
-    "BACKENDS": "tfvae.export.loading",
+    "ExportDir": "tfvae.export.export_dir",
+    "draw_noise": "tfvae.export.export_dir",
+    "noise_inputs": "tfvae.export.export_dir",
+    "sample_from_noise": "tfvae.export.export_dir",
+    "BACKENDS": "tfvae.export.export_dir",
     "LiteRTModel": "tfvae.export.litert",
     "convert": "tfvae.export.litert",
     "check_builtin_ops": "tfvae.export.litert",

@@ -35,7 +35,7 @@ from tfvae.export.manifest import (
     remove_previous,
     tflite_name,
 )
-from tfvae.utils import versions
+from tfvae.runtime import versions
 
 
 def export(
@@ -233,7 +233,7 @@ def representative_images(config, n: int) -> np.ndarray:
     """``n`` training images of a run's data set, as the model saw them in training."""
     import dataclasses
 
-    from tfvae.runs.data import load_data, train_float
+    from tfvae.runs.run_data import load_data, train_float
 
     config = dataclasses.replace(config)
     _, splits = load_data(config)

@@ -35,8 +35,8 @@ from tfvae.errors import ConfigError, TfvaeError
 from tfvae.gmm import GMMSampler
 from tfvae.models.base import LatentVariableModel, order_key
 from tfvae.models.steps import plain_trace
-from tfvae.noise import Noise
-from tfvae.utils import stateless_seed
+from tfvae.runtime import stateless_seed
+from tfvae.sampler_noise import Noise
 
 # Global multipliers of the mixture's per-dimension std tried for the proposal.
 PROPOSAL_MULTIPLIERS = tuple(float(c) for c in np.geomspace(1e-3, 1.0, 13))

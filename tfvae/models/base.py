@@ -15,7 +15,8 @@ import math
 
 import numpy as np
 
-from tfvae import heads, networks, noise, objectives
+from tfvae import heads, networks, objectives
+from tfvae import sampler_noise as noise
 from tfvae._keras import keras, tf
 from tfvae.config import image_shape_3d, parse_sizes
 from tfvae.errors import ConfigError
@@ -283,7 +284,7 @@ class LatentVariableModel(TrainingSteps, keras.Model):
 
     # ------------------------------------------------------------ generation
     def noise_inputs(self) -> tuple[noise.Noise, ...]:
-        """The noise the sampler takes (see :mod:`tfvae.noise`)."""
+        """The noise the sampler takes (see :mod:`tfvae.sampler_noise`)."""
         raise NotImplementedError
 
     def sampler_params(self) -> dict[str, np.ndarray]:
@@ -341,7 +342,7 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         codes = self.codes_for(self.draw_noise(n, seed))
         if not pixels:
             return self.decode_mean(codes).numpy()
-        from tfvae.utils import stateless_seed
+        from tfvae.runtime import stateless_seed
 
         draw_seed = stateless_seed(0 if seed is None else seed, 3)
         return self.decode(codes).sample(seed=draw_seed).numpy().astype(np.float32)

@@ -15,7 +15,7 @@ from tfvae import estimators, heads, objectives
 from tfvae._keras import keras, tf, tfd
 from tfvae.errors import ConfigError
 from tfvae.models.base import BASE_METRICS, LatentVariableModel, order_key
-from tfvae.noise import Noise
+from tfvae.sampler_noise import Noise
 
 
 class BinaryPrior:

@@ -11,7 +11,7 @@ import numpy as np
 from tfvae import heads, objectives
 from tfvae._keras import keras, tf, tfd
 from tfvae.models.base import LatentVariableModel
-from tfvae.noise import Noise
+from tfvae.sampler_noise import Noise
 
 
 @keras.saving.register_keras_serializable(package="tfvae")

@@ -4,7 +4,7 @@ Generation ``p(z_L) p(z_{L-1}|z_L) ... p(x|z_1)`` and inference
 ``q(z_1|x) ... q(z_L|z_{L-1})``, every conditional a factorised Bernoulli
 (Neal 1992; the layered SBNs of Mnih & Gregor 2014 and Dong et al. 2020).
 Between layers the networks are linear (``hidden=()``) or dense with hidden
-layers. Training uses the layered estimators of :mod:`tfvae.layered`, whose
+layers. Training uses the layered estimators of :mod:`tfvae.estimators.layered`, whose
 learning signals are local to each layer.
 
 ``z_1``, the layer next to the data, is the model's code: ``encode`` gives
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfvae import heads, layered, networks, objectives
+from tfvae import heads, networks, objectives
 from tfvae._keras import keras, tf
 from tfvae.errors import ConfigError
+from tfvae.estimators import layered
 from tfvae.models.base import BASE_METRICS, LatentVariableModel, order_key
 from tfvae.models.bernoulli import BinaryPrior
-from tfvae.noise import Noise
+from tfvae.sampler_noise import Noise
 
 
 def _flat(net, training=None):
@@ -46,7 +47,7 @@ class StackedBernoulliVAE(BinaryPrior, LatentVariableModel):
 
     Args:
       stochastic_layers: number of binary layers ``L`` (1 is a one-layer SBN).
-      estimator: a name in :data:`tfvae.layered.LAYERED_ESTIMATORS`.
+      estimator: a name in :data:`tfvae.estimators.layered.LAYERED_ESTIMATORS`.
       baseline_decay: decay of the per-layer running averages (``ema``, ``nvil``).
       num_samples: chains per example (``rloo``, ``vimco``).
       learn_prior: learn the top layer's prior logits.
@@ -125,7 +126,7 @@ class StackedBernoulliVAE(BinaryPrior, LatentVariableModel):
         return tuple(bottom + [_flat(net, training) for net in self.upper_encoders])
 
     def chain(self, x, seed=None, training=None, num_samples=None) -> layered.Chain:
-        """The :class:`tfvae.layered.Chain` of a batch (what the estimators take)."""
+        """The :class:`tfvae.estimators.layered.Chain` of a batch (what the estimators take)."""
         baselines = None
         if self.baseline_nets is not None:
             baselines = tuple(lambda h, net=net: tf.squeeze(net(h, training=training), -1)

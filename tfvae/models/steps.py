@@ -14,7 +14,7 @@ import contextlib
 from tfvae import distribute
 from tfvae._keras import keras, tf
 from tfvae.errors import ConfigError
-from tfvae.packing import KINDS, ROWS_KEY, block_data, is_block, noisy_bits, unpack_bits
+from tfvae.fused_blocks import KINDS, ROWS_KEY, block_data, is_block, noisy_bits, unpack_bits
 
 #: ``compile``'s default ``steps_per_execution``: Keras runs this many training
 #: steps per call into the runtime (``benchmarks/user_fit.py`` measures it).
@@ -83,7 +83,7 @@ class TrainingSteps:
         ``fit`` compiles it in its first step otherwise, while the memory of
         its own tracing is held: XLA's scratch (about 100 MiB for a 784-400-20
         VAE) then comes on top of it. Compiled first, the scratch can be handed
-        back (:func:`tfvae.utils.release_memory`) before ``fit``, which reuses
+        back (:func:`tfvae.runtime.release_memory`) before ``fit``, which reuses
         the trace and the compiled program: the benchmark's peak memory fell
         by about 40 MiB. ``tfvae.train`` calls this for the fused path; the
         loop runs zero batches, so no variable changes.

@@ -6,7 +6,8 @@
   training record, and the files derived from it;
 * :mod:`~tfvae.runs.families`: what runs do per model family;
 * :mod:`~tfvae.runs.store`: loading a run's config, model and weights;
-* :mod:`~tfvae.runs.data`: the data a run's configuration names.
+* :mod:`~tfvae.runs.run_data`: the data a run's configuration names;
+* :mod:`~tfvae.runs.recorder`: :class:`RunRecorder`, the callback that writes a run every epoch.
 
 Only the layout is imported with the package; the rest is imported on
 first use (PEP 562), as :mod:`tfvae` does.
@@ -46,9 +47,10 @@ _LAZY = {
     "FAMILIES": "tfvae.runs.families",
     "Family": "tfvae.runs.families",
     "family": "tfvae.runs.families",
-    "load_data": "tfvae.runs.data",
-    "train_float": "tfvae.runs.data",
+    "load_data": "tfvae.runs.run_data",
+    "train_float": "tfvae.runs.run_data",
     "Record": "tfvae.runs.record",
+    "RunRecorder": "tfvae.runs.recorder",
 }
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from tfvae import files
 from tfvae.errors import RunDirError
 from tfvae.runs import layout
-from tfvae.utils import versions
+from tfvae.runtime import versions
 
 #: Columns that lead ``metrics.csv``, in this order; the metrics follow, sorted.
 LEADING_COLUMNS = ("epoch", "seconds")

@@ -15,10 +15,10 @@ import numpy as np
 from tfvae import files
 from tfvae.errors import TfvaeWarning
 from tfvae.runs import layout, record
-from tfvae.runs.data import train_float
 from tfvae.runs.families import family
+from tfvae.runs.run_data import train_float
 from tfvae.runs.store import Run, load_model
-from tfvae.utils import release_memory
+from tfvae.runtime import release_memory
 
 
 def finish_run(out: Path, config, splits, data_info: dict, figures: bool = True, model=None,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfvae import noise as noise_lib
+from tfvae import sampler_noise as noise_lib
 from tfvae.export.manifest import (
     PRECISIONS,
     QUANTIZE_NAMES,
