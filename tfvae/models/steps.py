@@ -146,9 +146,7 @@ class TrainingSteps:
 
     def compile_from_config(self, config):
         # Loading a compiled .keras file: compile again with what was saved.
-        from tf_keras.src.saving import saving_lib
-
-        self.compile(**saving_lib.deserialize_keras_object(config))
+        self.compile(**keras.saving.deserialize_keras_object(config))
         self.build_optimizers()
 
     @property
