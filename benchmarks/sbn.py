@@ -25,8 +25,8 @@ images/s with evaluation excluded (over all epochs so far, and
 XLA's compilation), and the official code's figures at the same step where
 the issue gives them. ``steady_ratio_to_official`` divides the steady rate
 by ``--official-images-per-sec`` (default: the issue's 5,950): pass the
-official code's rate measured on the same machine (README, "Sigmoid belief
-networks on the DisARM protocol", says how it was timed here).
+official code's rate measured on the same machine (benchmarks/README.md
+says how to time it).
 """
 
 from __future__ import annotations
@@ -134,8 +134,9 @@ def main():
                    help="steps (multiples of 1,000) at which to evaluate; the last ends training")
     p.add_argument("--seed", type=int, default=0, help="run seed [default: 0]")
     p.add_argument("--official-images-per-sec", type=float, default=OFFICIAL_IMAGES_PER_SEC,
-                   help="the official code's training images/s measured on this machine (default: "
-                        "the issue's figure); steady_ratio_to_official divides by it")
+                   help="the official code's training images/s on the machine running this "
+                        "benchmark (default: the issue's figure); steady_ratio_to_official "
+                        "divides by it")
     args = p.parse_args()
     if not args.official_images_per_sec > 0:
         sys.exit(f"--official-images-per-sec must be a positive rate, got "

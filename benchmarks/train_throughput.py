@@ -14,24 +14,18 @@ memory in MiB of the training process (tfvae: measured right after
 ``tfvae.train`` returns, so it includes the run's final test evaluation) and,
 with --iwae-k, the time of an IWAE evaluation of the 10,000 test images (and
 the peak after it). With --rounds N the peer and tfvae alternate N times, and
-a summary line per model gives the medians and their ratios: this machine's
-speed drifts by tens of percent over minutes, so single runs mislead.
+a summary line per model gives the medians and their ratios: a machine's
+speed can drift over minutes, so single runs mislead.
 With --main-job it times the README's main job (`tfvae train`, no options)
 from the command line, then phase by phase in one process (imports; data,
 model and the compilation of the training loop; the first epoch with the
 tracing of Keras' training function; later epochs; evaluation and figures),
 beside the peer's whole 20-epoch run on the same digits.
-tfvae keeps XLA's compiled programs on disk between processes
-(tfvae/compile_cache.py): --compile-cache warm (the default) fills a store of
-the benchmark's own with an untimed run of each setup first, as a user's
-second and later runs find it; cold gives every run an empty store (a first
-run); off runs without. Each tfvae row says how many programs it compiled
-(``compiled_programs_new``: 0 when all were loaded).
+Every tfvae run starts in a fresh process and compiles its programs itself,
+as a user's run does.
 
-Targets (issue 15): training images/s >= 2x the PyTorch peer for the
-Gaussian and the Bernoulli `ema` VAE; the main job in half the wall time it
-took at 3133073 (37.6 s on this machine); peak memory <= 1.1x the peer's;
-IWAE k=1000 on the 10,000 test images >= 2x faster than the peer.
+The latest results, with their command, date, commit and machine, are in
+benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -53,8 +47,6 @@ TFVAE_CHILD = r"""
 import json, resource, statistics, sys, tempfile, time
 from pathlib import Path
 opts = json.loads(sys.argv[1])
-from tfvae import compile_cache
-cache = compile_cache.enable()  # as the tfvae command does; TFVAE_COMPILE_CACHE picks the store
 import tfvae
 from tfvae.evaluation import evaluate
 from tfvae.training import choose_path
@@ -73,8 +65,7 @@ with tempfile.TemporaryDirectory() as tmp:
            "sec_per_epoch_median": median, "first_epoch_sec": secs[0],
            "train_images_per_sec": n_train / median,
            "process_cpu_sec": time.process_time() - c0,
-           "test_elbo": run.evaluation["elbo"], "peak_rss_mib": peak(),
-           "compiled_programs_new": None if cache is None else len(cache.new_entries())}
+           "test_elbo": run.evaluation["elbo"], "peak_rss_mib": peak()}
     if iwae_k:
         _, splits = load_data(run.config)
         t0 = time.perf_counter()
@@ -91,8 +82,6 @@ print(json.dumps(out))
 MAINJOB_CHILD = r"""
 import gc, json, sys, tempfile, time
 t0 = time.perf_counter()
-from tfvae import compile_cache
-cache = compile_cache.enable()  # as the tfvae command does; TFVAE_COMPILE_CACHE picks the store
 import tfvae._keras  # TensorFlow, TFP and tf_keras, imported as the command does
 t_tf = time.perf_counter()
 import tfvae
@@ -119,8 +108,7 @@ print(json.dumps({
     "first_epoch_sec": marks["first_epoch_end"] - marks["train_begin"],
     "later_epochs_sec": marks["train_end"] - marks["first_epoch_end"],
     "evaluation_and_figures_sec": t_end - marks["train_end"],
-    "in_process_sec": t_end - t0,
-    "compiled_programs_new": None if cache is None else len(cache.new_entries())}))
+    "in_process_sec": t_end - t0}))
 """
 
 PEER_CHILD = r"""
@@ -147,49 +135,15 @@ SETUPS = {
 }
 
 
-class CompileCache:
-    """Where the tfvae processes keep XLA's programs (``TFVAE_COMPILE_CACHE``), per mode.
-
-    ``warm``: one store for the whole benchmark, filled by an untimed run of
-    each setup first (what a user's second and later runs see); ``cold``: an
-    empty store for every run (a user's first run); ``off``: no store.
-    """
-
-    def __init__(self, mode: str):
-        import tempfile
-
-        self.mode = mode
-        self.root = None if mode == "off" else tempfile.mkdtemp(prefix="tfvae-bench-xla-")
-
-    def env(self) -> dict:
-        import tempfile
-
-        if self.mode == "off":
-            return {**os.environ, "TFVAE_COMPILE_CACHE": "off"}
-        store = self.root if self.mode == "warm" else tempfile.mkdtemp(dir=self.root)
-        return {**os.environ, "TFVAE_COMPILE_CACHE": store}
-
-    def close(self) -> None:
-        import shutil
-
-        if self.root is not None:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-
-def run_tfvae(args, model: str, warmup: bool = False) -> dict:
-    """One timed tfvae run; ``warmup``: the same run without IWAE, to fill the compile cache.
-
-    (The same number of epochs: TensorFlow names the programs it traces after
-    training by how much it traced before, so the evaluation's kernel differs
-    between runs of different lengths.)
-    """
+def run_tfvae(args, model: str) -> dict:
+    """One timed tfvae run in a fresh process (with the IWAE evaluation for ``gaussian``)."""
     options, _, _ = SETUPS[model]
-    iwae_k = args.iwae_k if model == "gaussian" and not warmup else 0
+    iwae_k = args.iwae_k if model == "gaussian" else 0
     opts = dict(data_dir=args.data_dir, binarize="static", val_fraction=0.0,
                 epochs=args.epochs, latent_dim=20, batch_size=128, lr=1e-3,
                 seed=0, iwae_k=1, iwae_k_bench=iwae_k, **options)
     done = subprocess.run([sys.executable, "-c", TFVAE_CHILD, json.dumps(opts)],
-                          capture_output=True, text=True, env=args.cache.env())
+                          capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(done.stderr[-3000:])
     result = _last_json(done.stdout)[-1]
@@ -221,10 +175,6 @@ def main_job(args) -> None:
     import time
 
     tfvae_cmd = str(Path(sys.executable).with_name("tfvae"))
-    if args.cache.mode == "warm":  # untimed: the store gets the job's programs
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([tfvae_cmd, "train", "--out", f"{tmp}/run"],
-                           capture_output=True, env=args.cache.env(), check=True)
     for _ in range(args.rounds):
         if args.peer_python:
             t0 = time.perf_counter()
@@ -234,14 +184,14 @@ def main_job(args) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             done = subprocess.run([tfvae_cmd, "train", "--out", f"{tmp}/run"],
-                                  capture_output=True, text=True, env=args.cache.env())
+                                  capture_output=True, text=True)
             wall = time.perf_counter() - t0
         if done.returncode:
             raise SystemExit(done.stderr[-3000:])
         print(json.dumps({"program": "tfvae", "job": "main", "command": "tfvae train",
-                          "compile_cache": args.cache.mode, "wall_sec": wall}), flush=True)
+                          "wall_sec": wall}), flush=True)
         done = subprocess.run([sys.executable, "-c", MAINJOB_CHILD], capture_output=True,
-                              text=True, env=args.cache.env())
+                              text=True)
         if done.returncode:
             raise SystemExit(done.stderr[-3000:])
         print(json.dumps(_last_json(done.stdout)[-1]), flush=True)
@@ -265,18 +215,10 @@ def main():
     p.add_argument("--digits-dir", default=str(DEFAULT_BENCH.parent / "data" / "mnist-test"))
     p.add_argument("--peer-python", default=None)
     p.add_argument("--bench-dir", default=str(DEFAULT_BENCH))
-    p.add_argument("--compile-cache", choices=["warm", "cold", "off"], default="warm",
-                   help="tfvae's store of compiled XLA programs: filled by an untimed run "
-                        "first (warm: a user's later runs), empty for every run (cold: a "
-                        "user's first run), or off")
     args = p.parse_args()
-    args.cache = CompileCache(args.compile_cache)
-    try:
-        if args.main_job:
-            return main_job(args)
-        return side_by_side(args)
-    finally:
-        args.cache.close()
+    if args.main_job:
+        return main_job(args)
+    return side_by_side(args)
 
 
 def side_by_side(args) -> None:
@@ -286,8 +228,6 @@ def side_by_side(args) -> None:
     for model in args.models:
         has_peer = bool(args.peer_python) and model in peers
         mine, theirs = [], []
-        if args.cache.mode == "warm":
-            run_tfvae(args, model, warmup=True)  # untimed: the store gets the setup's programs
         for _ in range(args.rounds):
             if has_peer:
                 peer = run_peer(args, *peers[model])
@@ -299,7 +239,7 @@ def side_by_side(args) -> None:
             print(json.dumps(ours), flush=True)
         if not has_peer:
             continue
-        summary = {"summary": model, "rounds": args.rounds, "compile_cache": args.cache.mode}
+        summary = {"summary": model, "rounds": args.rounds}
         for key, name in (("train_images_per_sec", "images_per_sec"),
                           ("peak_rss_mib", "peak_rss_mib"), ("iwae_sec", "iwae_sec")):
             if all(key in r for r in mine + theirs):

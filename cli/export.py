@@ -48,7 +48,7 @@ def export(run_dir, fmt, quantize, out, overwrite, representative, checkpoint):
     precisions = tuple(dict.fromkeys(p for group in precisions for p in group))
     if representative < 0:
         raise click.ClickException(f"--representative must be >= 0, got {representative}")
-    check_run_dir(run_dir)  # paths first: refuse in well under a second
+    check_run_dir(run_dir)  # paths first: refuse before TensorFlow loads
     layout.check_out(out, overwrite)
     from tfvae.export import export_run
 

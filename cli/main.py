@@ -116,13 +116,14 @@ _OWN_PROCESS = False
 
 def _library_train(*args, **kwargs):
     try:
-        from tfvae.training import train as train_run  # TensorFlow loads: about 2 s
+        from tfvae.training import train as train_run  # TensorFlow loads here
     except KeyboardInterrupt:
         raise Interrupted("interrupted while TensorFlow loaded; nothing was written") from None
 
     if _OWN_PROCESS:
-        # The library's ~600,000 objects live as long as the command: frozen, they
-        # leave the cyclic collector's full passes during training (1-2 s less).
+        # The objects TensorFlow and the library make at import live as long as
+        # the command: frozen, they leave the cyclic collector's full passes
+        # during training, which would walk them all again and again.
         gc.freeze()
     return train_run(*args, **kwargs)
 
@@ -149,16 +150,16 @@ cli.add_command(diagnose)
 
 def main():
     # TensorFlow turns its oneDNN kernels on by default only on some Intel CPUs;
-    # on the others (AMD EPYC here) they make convolutions and the evaluation's
-    # matrix products markedly faster (benchmarks/user_fit.py). The variable
+    # on the others (AMD's, for one) they make convolutions and the evaluation's
+    # matrix products faster (benchmarks/user_fit.py). The variable
     # must be set before TensorFlow is imported; a user's own value wins.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     # tfvae uses Keras 2 (tf_keras) only. Without this, `import tensorflow`
-    # also imports Keras 3 (and scikit-learn through it) for `tf.keras`:
-    # about 3 s of the command's start-up on 2 cores, for nothing.
+    # also imports Keras 3 (and scikit-learn through it) for `tf.keras`: a
+    # large part of the command's start-up, for nothing.
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    # At exit CPython's last collection walks every object TensorFlow made (1-2 s
-    # on 2 cores); everything is written and closed by then, so the walk is
+    # At exit CPython's last collection walks every object TensorFlow made, a
+    # long walk; everything is written and closed by then, so the walk is
     # skipped. atexit runs this last, after TensorFlow's own exit handlers.
     atexit.register(gc.freeze)
     global _OWN_PROCESS

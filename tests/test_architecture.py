@@ -2,19 +2,24 @@
 
 Import edges are read from the source (``ast``), counting imports inside
 functions too, so a lazy import cannot hide a wrong direction or a cycle.
-ARCHITECTURE.md states the same rules in words.
+ARCHITECTURE.md states the same rules in words, and is checked against the
+tree: its layer lists name every module in the layer :data:`LAYERS` gives it,
+and every file or dotted name it gives exists.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "tfvae"
+CLI = ROOT / "cli"
+PAGE = ROOT / "ARCHITECTURE.md"
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 60
 
@@ -101,6 +106,117 @@ def _layer(module: str) -> int:
 
 def _within(module: str, top: str) -> bool:
     return module == top or module.startswith(top + ".")
+
+
+# ------------------------------------------------------------------ ARCHITECTURE.md
+
+
+def _page_name(path: Path) -> str:
+    """How ARCHITECTURE.md names a module: its path under ``tfvae/`` without ``.py``,
+    a package as ``data/``, the root package as ``__init__``; ``cli/...`` for the CLI's."""
+    rel = path.relative_to(PACKAGE) if path.is_relative_to(PACKAGE) else path.relative_to(ROOT)
+    name = rel.with_suffix("").as_posix()
+    if name.endswith("/__init__"):
+        name = name[: -len("__init__")]
+    return name
+
+
+def _tree_layers() -> list[set[str]]:
+    """Per layer (the CLI last), the page names of the modules the tree has there."""
+    layers = [set() for _ in range(len(LAYERS) + 1)]
+    for module, path in MODULES.items():
+        layers[_layer(module)].add(_page_name(path))
+    layers[-1] = {_page_name(path) for path in CLI.rglob("*.py")}
+    return layers
+
+
+def _top_names(module: str) -> set[str]:
+    """Names a module defines or imports at its top level (the root's lazy names too)."""
+    names = set()
+    for node in ast.parse(MODULES[module].read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                for leaf in ast.walk(target):
+                    if isinstance(leaf, ast.Name):
+                        names.add(leaf.id)
+            if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                    and any(getattr(t, "id", None) == "_LAZY" for t in node.targets)):
+                names.update(k.value for k in node.value.keys if isinstance(k, ast.Constant))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def _missing_dotted(name: str) -> str | None:
+    """Why a dotted name on the page does not exist (None if it does, or is not tfvae's).
+
+    ``tfvae.runs.recorder``, ``tfvae.StackedBernoulliVAE`` and, relative to
+    ``tfvae``, ``options.ESTIMATORS``: the longest prefix that is a module, then
+    a name that module defines. ``tf.data`` or ``run.history`` are not tfvae's.
+    """
+    rooted = name.startswith("tfvae.")
+    parts = name.split(".")[1:] if rooted else name.split(".")
+    for cut in range(len(parts), -1, -1):
+        module = ".".join(["tfvae", *parts[:cut]])
+        if module in MODULES and (cut or rooted):
+            break
+    else:
+        return None
+    rest = parts[cut:]
+    if rest and rest[0] not in _top_names(module):
+        return f"`{name}`: {module} has no {rest[0]!r}"
+    return None
+
+
+def _page_problems(text: str) -> list[str]:
+    """Where ARCHITECTURE.md's text and the tree disagree (empty when they agree)."""
+    problems = []
+    section = text.split("## Layers, from the bottom", 1)[-1].split("\n## ", 1)[0]
+    lists = re.findall(r"^\d+\.\s+\*\*([^*]+)\*\*\s+\(([^)]*)\)", section, re.MULTILINE)
+    tree = _tree_layers()
+    if len(lists) != len(tree):
+        return [f"the page lists {len(lists)} layers, the tree has {len(tree)}"]
+    seen = set()
+    for (title, listed), expected in zip(lists, tree, strict=True):
+        names = re.findall(r"`([^`]+)`", listed)
+        if re.sub(r"`[^`]+`|[\s,]", "", listed):
+            problems.append(f"{title}: its list holds more than `module` names: {listed!r}")
+        problems += [f"{title}: `{n}` is named twice" for n in names if n in seen]
+        seen.update(names)
+        problems += [f"{title}: `{n}` is not a module of this layer"
+                     for n in sorted(set(names) - expected)]
+        problems += [f"{title}: the page omits `{n}`" for n in sorted(expected - set(names))]
+    for token in sorted(set(re.findall(r"`([^`\s]+)`", text))):
+        if re.fullmatch(r"[\w/]+\.py|[a-z_]+(/[a-z_]+)+/?|[a-z_]+/", token):
+            candidates = [ROOT / token] + [PACKAGE / token, PACKAGE / f"{token}.py",
+                                           ROOT / f"{token}.py"]
+            if not any(c.exists() for c in candidates):
+                problems.append(f"`{token}`: no such file or package")
+        elif re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", token):
+            problems.append(_missing_dotted(token))
+    return [p for p in problems if p]
+
+
+def test_architecture_page_names_every_module_in_its_layer():
+    problems = _page_problems(PAGE.read_text())
+    assert not problems, "ARCHITECTURE.md and the tree disagree:\n" + "\n".join(problems)
+
+
+def test_architecture_page_check_catches_drift():
+    text = PAGE.read_text()
+    assert "`runs/recorder`" in text and "`heads`" in text
+    stale = (re.sub(r"`runs/recorder`,\s*", "", text, count=1)
+             .replace("`heads`", "`networks_old`")
+             .replace("`options.ESTIMATORS`", "`options.NO_SUCH_TABLE`")
+             .replace("`data/load.py`", "`data/loading.py`")
+             .replace("`tfvae.runs.recorder`", "`tfvae.finish`"))
+    problems = "\n".join(_page_problems(stale))
+    for expected in ("omits `runs/recorder`", "omits `heads`", "`networks_old` is not a module",
+                     "NO_SUCH_TABLE", "`data/loading.py`", "`tfvae.finish`"):
+        assert expected in problems, problems
 
 
 def test_every_module_is_small_and_every_function_short():

@@ -162,8 +162,8 @@ class BoundEvaluation(keras.callbacks.Callback):
 class ReleaseMemory(keras.callbacks.Callback):
     """Returns freed heap once compilation is done and once before validation.
 
-    The first training call compiles the step (hundreds of MiB of scratch,
-    freed but kept by the allocator); the first validation traces the test
+    The first training call compiles the step (XLA's scratch memory, freed
+    but kept by the allocator); the first validation traces the test
     step. Handing the scratch back first keeps the two from stacking up in
     the run's peak memory.
     """

@@ -20,10 +20,9 @@ model, whatever objective trained it, so models can be compared:
   ``bpd = (D ln L - log p) / (D ln 2)`` (Theis et al. 2016).
 
 IWAE work is chunked so that one chunk holds about ``max_elements`` decoder
-outputs (2^23 by default: 32 MiB of float32 per chunk-sized tensor), which
-keeps memory bounded for k up to 5000 and beyond. Larger chunks make larger
-matrix products: 2^23 took about 20% less time than 2^21 for k=1000 on
-784-pixel images, for about 12 MiB more peak memory.
+outputs (2^23 by default), which keeps memory bounded for k up to 5000 and
+beyond. Larger chunks make larger matrix products, which run faster, at the
+price of a higher peak memory; the default weighs the two.
 """
 
 from __future__ import annotations

@@ -1,4 +1,14 @@
-"""The fused training block: the format shared by data pipelines and models.
+"""The fused training block: its format, bit packing and binarization noise.
+
+Shared by the data pipelines that make blocks and the models that train on
+them, this module holds three things: the format of a block (below), the bit
+packing of binary rows (:func:`pack_bits`, :func:`unpack_bits`) and the
+*binarization noise* of dynamic binarization: 16-bit uniforms from which a
+pixel's bit is drawn (:func:`draw_noise`, :func:`noisy_bits`). That noise is
+training data's; it is neither a sampler's noise (the ``eps`` and ``u`` inputs
+of generation, :mod:`tfvae.sampler_noise`) nor dequantization noise (the
+uniform added to discrete pixels by the ``dequantize`` mode,
+:mod:`tfvae.data.modes`).
 
 A block is one element of :func:`tfvae.data.blocks`: ``K`` batches that a
 model's ``train_step`` runs in one compiled loop. It is a dict:
@@ -8,7 +18,8 @@ model's ``train_step`` runs in one compiled loop. It is a dict:
   eight pixels per byte by :func:`pack_bits` (unpacked by the model a batch
   at a time with :func:`unpack_bits`), or
 * ``{"levels": (K, B, D), "noise": (K, B, D) uint16, "peak": float32, "rows": n}``
-  for bits still to be drawn (dynamic binarization): pixel ``j`` is 1 when
+  for bits still to be drawn (dynamic binarization, ``noise`` its
+  binarization noise): pixel ``j`` is 1 when
   ``noise[j] / 2^16 < levels[j] / peak`` (:func:`noisy_bits`, in the model's
   compiled step);
 
@@ -46,7 +57,7 @@ def block_data(block) -> tuple:
 
 
 def noisy_bits(levels, noise, peak, dtype=None):
-    """The bits of a ``noisy`` block: 1 where ``noise / 2^16 < levels / peak``.
+    """Dynamic binarization: bits of a ``noisy`` block, 1 where ``noise / 2^16 < levels / peak``.
 
     With ``p = levels / peak`` in [0, 1] and ``noise`` uniform on the 16-bit
     integers, a pixel is 1 with probability ``ceil(2^16 p) / 2^16``: within
@@ -58,7 +69,7 @@ def noisy_bits(levels, noise, peak, dtype=None):
 
     Args:
       levels: pixel values ``(..., D)``, any real dtype.
-      noise: uint16 ``(..., D)`` (:func:`draw_noise`).
+      noise: uint16 ``(..., D)`` binarization noise (:func:`draw_noise`).
       peak: float32 scalar, the value of a pixel that is always 1.
       dtype: the result's dtype (default float32).
     """
@@ -70,12 +81,15 @@ def noisy_bits(levels, noise, peak, dtype=None):
 
 
 def draw_noise(rows, width: int, seed):
-    """Uniform uint16 noise ``(rows, width)`` for :func:`noisy_bits`, stateless.
+    """Binarization noise: uniform uint16 ``(rows, width)`` for :func:`noisy_bits`, stateless.
+
+    Not a sampler's noise (that is :func:`tfvae.export.draw_noise`, from
+    :mod:`tfvae.sampler_noise`).
 
     ``rows`` may be a scalar tensor; ``seed`` is a shape ``[2]`` integer tensor,
     as ``tf.random.stateless_uniform`` takes it: the same seed, the same noise.
-    Drawn with TensorFlow's kernel, never inside XLA: XLA's CPU generator took
-    17 times as long (400 ms against 23 ms for an epoch of the main job).
+    Drawn by TensorFlow's random kernel in the input pipeline, never inside
+    XLA: XLA's CPU generator is much slower (``benchmarks/README.md``).
     """
     from tfvae._keras import tf
 
@@ -88,9 +102,9 @@ def draw_noise(rows, width: int, seed):
 def pack_bits(x: np.ndarray, chunk_rows: int = 8192) -> np.ndarray:
     """``np.packbits(x, axis=1)`` of a ``(N, D)`` array of bits, chunk by chunk.
 
-    Eight pixels per byte: a binarized 60,000 x 784 split takes 5.9 MB instead
-    of 47 MB. Works on any dtype holding only 0 and 1 without a full-size
-    temporary.
+    Eight pixels per byte: an eighth of the bytes of a uint8 array of bits, a
+    thirty-second of float32. Works on any dtype holding only 0 and 1 without
+    a full-size temporary.
     """
     x = np.asarray(x)
     out = np.empty((len(x), (x.shape[1] + 7) // 8), np.uint8)
@@ -107,10 +121,10 @@ def unpack_bits(packed, width: int, dtype=None):
     by a constant column index, then floating-point arithmetic (exact below
     256). Written so that no step reshapes ``(..., bytes, 8)`` into
     ``(..., D)``: inside a compiled training step XLA fuses the unpacking into
-    each consumer of the batch, and through a reshape every element cost an
-    integer division and remainder (about 2 ms a batch of 50 rows of 784
-    pixels on this machine, as much as the rest of the step; now on a par
-    with a float32 batch, ``benchmarks/train_throughput.py``).
+    each consumer of the batch, and through a reshape every element would
+    cost an integer division and remainder, as much as the rest of the step.
+    Written this way, a packed batch trains as fast as a float32 one
+    (``benchmarks/train_throughput.py``).
 
     Args:
       packed: uint8 tensor ``(..., ceil(D/8))`` from :func:`pack_bits`.

@@ -112,9 +112,9 @@ def sum_log1p_unit(e):
     float32 sum of the pixels' log-likelihoods, hundreds of nats, rounds by
     more). Used where the sum is what counts (the log-likelihood of IWAE's
     draws): a sum whose every term is tiny loses its relative accuracy, which
-    :func:`bernoulli_log_prob` keeps term by term. The compiled kernel of an
-    IWAE chunk (1,000 draws x 10 images x 784 pixels) took 7.6 instead of 8.9
-    ms. A last axis of unknown length is summed term by term.
+    :func:`bernoulli_log_prob` keeps term by term. Compiled, one logarithm per
+    16 values makes the kernel of an IWAE chunk faster than one per value. A
+    last axis of unknown length is summed term by term.
     """
     width = e.shape[-1]
     if width is None:
@@ -169,7 +169,7 @@ def log1p_unit(e):
     ``log(u) * e / (u - 1)`` is accurate to a few ulps (``e`` itself once
     ``u`` rounds to 1). XLA's ``log1p`` evaluates a series and a logarithm
     and selects one: compiled, the Bernoulli kernel of an IWAE evaluation
-    (``k x batch x D`` pixels) ran 25% faster this way.
+    (``k x batch x D`` pixels) is faster with this one ``log``.
     """
     u = 1.0 + e
     return tf.where(u == 1.0, e, tf.math.log(u) * (e / (u - 1.0)))

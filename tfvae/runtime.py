@@ -46,8 +46,8 @@ def versions() -> dict:
 def release_memory() -> None:
     """Hands freed heap memory back to the system (glibc's ``malloc_trim``).
 
-    Preparing data, compiling the training step and tracing free hundreds of
-    MiB in small pieces that the allocator keeps; returning them before the
+    Preparing data, compiling the training step and tracing free much memory
+    in small pieces that the allocator keeps; returning them before the
     next large allocation lowers a run's resident peak. A no-op where the C
     library has no ``malloc_trim``.
     """

@@ -1,4 +1,10 @@
-"""The noise a sampler takes, drawn the same way by every backend.
+"""Sampler noise: the noise a sampler takes, drawn the same way by every backend.
+
+A sampler's noise is the input of generation: the ``eps`` (normal) and ``u``
+(uniform) inputs from which a model makes codes and then images. It is not
+the noise of training data: binarization noise (:mod:`tfvae.fused_blocks`,
+the bits of dynamic binarization) and dequantization noise (the uniform added
+to discrete pixels, :mod:`tfvae.data.modes`) live with the data.
 
 Each model family turns noise into codes with TensorFlow ops that are also
 exported (see :meth:`tfvae.models.base.LatentVariableModel.codes_from_noise`);

@@ -91,9 +91,9 @@ PATHS = {
     "fused": TrainingPath("blocks of 50 batches, each block one XLA-compiled loop", _fused_feed),
     "keras": TrainingPath("Keras' per-batch loop, several steps per execution", _keras_feed),
 }
-#: The fastest path on one device, per architecture, as measured by
-#: ``benchmarks/train_throughput.py --paths`` (XLA speeds up dense layers on a
-#: CPU and slows down convolutions).
+#: The faster path on one device, per architecture, as ``benchmarks/user_fit.py``
+#: compares them (``--settings default blocks``): XLA speeds up dense layers on a
+#: CPU and slows down convolutions.
 FASTEST_PATH = {"mlp": "fused", "conv": "keras"}
 
 
@@ -104,7 +104,7 @@ def choose_path(config: Config, streamed: bool = False) -> str:
     one device) the fused blocks cannot run (the optimizer's cross-replica
     update does not fit in the compiled loop): Keras' loop. Data read file by
     file (``streamed``) are not held as one tensor: Keras' loop. Otherwise the
-    measured fastest path for the architecture.
+    faster path for the architecture (:data:`FASTEST_PATH`).
     """
     if config.strategy != "default" or streamed:
         return "keras"

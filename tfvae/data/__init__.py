@@ -2,8 +2,9 @@
 
 Everything a model sees goes through this package:
 
-* :func:`load_dataset` (:mod:`~tfvae.data.sources`, :mod:`~tfvae.data.tfds`)
-  returns a :class:`DataSet` of raw values (uint8 pixels, sklearn digits
+* :func:`load_dataset` (:mod:`~tfvae.data.load`, which picks
+  :mod:`~tfvae.data.sources` or :mod:`~tfvae.data.tfds`) returns a
+  :class:`DataSet` of raw values (uint8 pixels, sklearn digits
   0..16, or floats) from the embedded ``mnist-10k`` set, sklearn's
   ``digits``, a user path (a directory of MNIST-format IDX ``.gz`` files, a
   ``.npz`` or a ``.npy``) or TensorFlow Datasets.
@@ -15,6 +16,9 @@ Everything a model sees goes through this package:
   one (:mod:`~tfvae.data.pipelines`).
 * :func:`binarize_static` and friends (:mod:`~tfvae.data.binarize`) follow
   the shared benchmark protocol bit for bit.
+* A folder of images (:class:`FolderDataSet`, :mod:`~tfvae.data.folders`) is
+  read file by file: :class:`StreamSplits` (:mod:`~tfvae.data.streams`)
+  applies the same data modes as its images are decoded.
 
 Only numpy and the standard library are imported with the package;
 TensorFlow, TensorFlow Datasets and scikit-learn are imported inside the

@@ -8,6 +8,13 @@ binarize modes of ``--binarize`` (``none``, ``static``, ``dynamic``,
 continuous density: ``(x + u) / levels``), which :func:`tfvae.data.prepare`
 picks for a Gaussian likelihood on discrete data.
 
+Two modes draw noise per batch, and the two are different things:
+``dynamic`` draws *binarization noise* (16-bit uniforms from which each
+pixel's bit is drawn, :func:`dynamic_noise`, format in
+:mod:`tfvae.fused_blocks`), ``dequantize`` *dequantization noise* (the
+uniform ``u`` added to each discrete pixel). Neither is a sampler's noise,
+the input of generation (:mod:`tfvae.sampler_noise`).
+
 Adding a mode is one :class:`Mode` entry in :data:`MODES`.
 """
 
@@ -31,9 +38,10 @@ class Mode:
 
     Attributes:
       name: the mode's name (``Splits.train_mode``).
-      seeded: training batches draw fresh noise (new every epoch).
+      seeded: training batches draw fresh binarization or dequantization noise
+        (new every epoch).
       bits: training rows are bits {0, 1} (fused blocks hold them bit-packed).
-      noisy: training batches are bits drawn from noise
+      noisy: training batches are bits drawn from binarization noise
         (:func:`tfvae.fused_blocks.noisy_bits`): fused blocks carry the rows and the
         noise, and the model's compiled step draws the bits.
       split: ``(ds, train_idx, val_idx) -> (train, val, test, levels)``: the
@@ -69,6 +77,7 @@ def peak(levels) -> float:
 
 
 def _uniform(rows, seed, salt):
+    """Dequantization noise: a uniform on [0, 1) per value of ``rows``, seeded."""
     from tfvae._keras import tf
 
     return tf.random.stateless_uniform(tf.shape(rows), seed=tf.stack([seed, salt]))
@@ -91,7 +100,12 @@ def _dynamic_split(ds, train_idx, val_idx):
 
 
 def dynamic_noise(rows, seed):
-    """The uint16 noise of dynamic bits for ``rows`` (``(n, D)``), seeded as batches are."""
+    """Binarization noise of ``dynamic`` bits: uint16 ``(n, D)`` for ``rows``, seeded per batch.
+
+    Each pixel's bit is drawn from it by :func:`tfvae.fused_blocks.noisy_bits`
+    (in the per-batch pipeline, or in the model's compiled step for fused
+    blocks).
+    """
     from tfvae._keras import tf
 
     return draw_noise(tf.shape(rows)[0], int(rows.shape[-1]), tf.stack([seed, 0]))

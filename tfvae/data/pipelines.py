@@ -60,7 +60,8 @@ def make_pipeline(
 ):
     """Builds the ``tf.data`` pipeline of float32 ``(B, D)`` batches.
 
-    Per-batch randomness (``dynamic`` bits, ``dequantize`` noise) uses
+    Per-batch randomness (the binarization noise of ``dynamic`` bits, the
+    dequantization noise of ``dequantize``) uses
     ``tf.random.stateless_uniform`` seeded by an element of
     ``tf.data.Dataset.random(seed, rerandomize_each_iteration=True)`` zipped with
     the batches: each epoch (each new iterator, or each pass of ``repeat``) draws
@@ -157,13 +158,14 @@ def blocks(
     given otherwise. Each epoch draws one permutation (seeded by an element of
     ``Dataset.random(seed)``), gathers a block of rows at a time and applies
     the data mode to it with the same seeds; ``dynamic`` bits are left for the
-    model's compiled step to draw, from the block's rows and 16-bit noise
-    (:func:`tfvae.fused_blocks.noisy_bits`).
+    model's compiled step to draw, from the block's rows and 16-bit
+    binarization noise (:func:`tfvae.fused_blocks.noisy_bits`).
 
     Args:
         x: Training rows ``(N, D)``.
         batch_size: Rows per training step, at most ``N``.
-        seed: Seed of the permutations and of per-block noise.
+        seed: Seed of the permutations and of per-block binarization or
+            dequantization noise.
         shuffle: Permute rows every epoch (otherwise file order).
         mode: A key of :data:`tfvae.data.MODES`; None: ``static`` (held
             bit-packed) for binary rows, ``none`` otherwise.
@@ -229,10 +231,10 @@ def _block_dataset(x, spec, levels, steps, batch_size, seed, shuffle):
 def _no_autotune():
     """Options for a pipeline whose buffers are all fixed: no autotuning thread.
 
-    With autotuning on, deleting the iterator at the end of ``fit`` waited
-    for tf.data's tuning thread to wake: 5-7 s in 11 of 26 runs of the
-    README's main job (the stack: ``~RootDataset::Iterator`` joining the
-    thread in ``Model::OptimizeLoop``), never in the runs without it.
+    With autotuning on, deleting the iterator at the end of ``fit`` could
+    wait for tf.data's tuning thread to wake, often for seconds
+    (``~RootDataset::Iterator`` joining the thread in
+    ``Model::OptimizeLoop``); without the thread there is nothing to wait for.
     """
     from tfvae._keras import tf
 

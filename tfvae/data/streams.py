@@ -3,9 +3,9 @@
 :func:`prepare_folder` is :func:`tfvae.data.prepare` for a
 :class:`tfvae.data.folders.FolderDataSet`: the same data modes, applied per
 batch as images are read, so no split is ever held in memory. Training
-batches draw fresh noise (dynamic bits, dequantization) from per-batch
-seeds; validation and test batches draw fixed noise (the same every time
-they are read), as the fixed splits of arrays do.
+batches draw fresh binarization noise (dynamic bits) or dequantization noise
+from per-batch seeds; validation and test batches draw fixed noise (the same
+every time they are read), as the fixed splits of arrays do.
 """
 
 from __future__ import annotations

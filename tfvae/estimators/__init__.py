@@ -1,5 +1,13 @@
 """Gradient estimators for binary latent variables, as small pure functions.
 
+This package holds the estimators of tfvae's binary-latent models. This
+module is the registry (:func:`register`, :func:`get`, :data:`ESTIMATORS`),
+the types every estimator shares (:class:`Problem`, :class:`State`,
+:class:`Estimate`) and the estimators for one layer of binary latents
+(:class:`tfvae.BernoulliVAE`); :mod:`tfvae.estimators.layered` holds their
+per-layer counterparts for stacked binary latents, sigmoid belief networks
+(:class:`tfvae.StackedBernoulliVAE`), under the same names.
+
 A Bernoulli latent cannot be reparameterized, so the gradient of
 ``E_q(z|x)[log p(x|z)]`` with respect to the encoder is estimated from samples.
 Each estimator here is one function ``fn(problem, state) -> Estimate`` that
@@ -143,8 +151,8 @@ def get(name: str):
 # ------------------------------------------------------------------ helpers
 
 #: The stateless generator of the estimators' uniforms: Philox, which TensorFlow's
-#: kernels use on a CPU anyway ("auto_select"); under XLA "auto_select" is another
-#: generator, about twice as slow per number inside the compiled loop on this machine.
+#: kernels use on a CPU anyway ("auto_select"); under XLA "auto_select" picks another
+#: generator, slower per number inside the compiled loop on a CPU.
 UNIFORM_ALG = "philox"
 
 

@@ -1,5 +1,10 @@
 """Gradient estimators for stacked binary latents: sigmoid belief networks.
 
+The per-layer estimators of :class:`tfvae.StackedBernoulliVAE`, in their own
+registry (:data:`LAYERED_ESTIMATORS`) beside the one-layer estimators of
+:mod:`tfvae.estimators`, whose :class:`~tfvae.estimators.Estimate` and
+helpers they share.
+
 The model has ``L`` layers of binary units: inference ``q(z_1|x) q(z_2|z_1)
 ... q(z_L|z_{L-1})`` and generation ``p(z_L) p(z_{L-1}|z_L) ... p(x|z_1)``,
 each conditional a factorised Bernoulli. With ``z_0 = x``, the bound is

@@ -129,8 +129,8 @@ class LiteRTModel:
         self._shapes: dict[str, tuple] = {}
 
     def __call__(self, **inputs) -> dict[str, np.ndarray]:
-        # Lean on purpose: at batch 1 the invoke takes tens of microseconds, so
-        # the Python around it (checks, copies) is a visible share of the call.
+        # Lean on purpose: at batch 1 the invoke itself is short, so the Python
+        # around it (checks, copies) is a visible share of the call.
         if inputs.keys() != self.inputs.keys():
             raise ExportError(
                 f"signature {self.signature!r} takes inputs {sorted(self.inputs)}, "

@@ -17,17 +17,17 @@ from tfvae.errors import ConfigError
 from tfvae.fused_blocks import KINDS, ROWS_KEY, block_data, is_block, noisy_bits, unpack_bits
 
 #: ``compile``'s default ``steps_per_execution``: Keras runs this many training
-#: steps per call into the runtime (``benchmarks/user_fit.py`` measures it).
+#: steps per call into the runtime, which spreads the cost of each call over many
+#: small steps (``benchmarks/user_fit.py`` compares settings).
 STEPS_PER_EXECUTION = 32
 #: Keras traces ``train_step``/``test_step`` with AutoGraph, which rewrites
 #: every Python function they call before tracing it. tfvae's steps use
 #: ``tf.cond``/``tf.while_loop`` where they branch on tensors, so they are
-#: traced as written: the README's main job reaches its first compiled step
-#: about 1.8 s sooner (``benchmarks/train_throughput.py --main-job``).
+#: traced as written, which spares AutoGraph's rewriting and makes the first
+#: compiled step come sooner (``benchmarks/train_throughput.py --main-job``).
 plain_trace = tf.autograph.experimental.do_not_convert
-#: ``compile``'s default ``jit_compile`` per architecture, by measurement
-#: (``benchmarks/user_fit.py``): XLA speeds up dense steps on a CPU and slows
-#: down convolutions.
+#: ``compile``'s default ``jit_compile`` per architecture (``benchmarks/user_fit.py``
+#: compares both): XLA speeds up dense steps on a CPU and slows down convolutions.
 JIT_COMPILE = {"mlp": True, "conv": False}
 
 
@@ -41,7 +41,7 @@ class TrainingSteps:
 
     def compile(self, optimizer="adam", steps_per_execution=None, jit_compile=None,
                 prior_optimizer=None, **kwargs):
-        """Keras ``compile`` with the defaults that measured fastest for this model.
+        """Keras ``compile`` with the defaults that train this model fastest on a CPU.
 
         ``steps_per_execution`` defaults to :data:`STEPS_PER_EXECUTION` and
         ``jit_compile`` to :data:`JIT_COMPILE` for the model's architecture (off
@@ -67,7 +67,7 @@ class TrainingSteps:
 
         Keras creates them in the first traced training function otherwise, and
         a ``tf.function`` that creates variables on its first call is traced a
-        second time (0.5 s of the README's main job); ``tfvae.train`` calls this
+        second time, which delays the first step; ``tfvae.train`` calls this
         after ``compile``. Building twice is a no-op, and a model without
         variables yet is left for Keras to build at its first step.
         """
@@ -81,12 +81,12 @@ class TrainingSteps:
         """Compiles the fused training loop for blocks of ``element_spec`` now.
 
         ``fit`` compiles it in its first step otherwise, while the memory of
-        its own tracing is held: XLA's scratch (about 100 MiB for a 784-400-20
-        VAE) then comes on top of it. Compiled first, the scratch can be handed
-        back (:func:`tfvae.runtime.release_memory`) before ``fit``, which reuses
-        the trace and the compiled program: the benchmark's peak memory fell
-        by about 40 MiB. ``tfvae.train`` calls this for the fused path; the
-        loop runs zero batches, so no variable changes.
+        its own tracing is held: XLA's scratch then comes on top of it.
+        Compiled first, the scratch can be handed back
+        (:func:`tfvae.runtime.release_memory`) before ``fit``, which reuses the
+        trace and the compiled program, so the two never add up in the run's
+        peak memory. ``tfvae.train`` calls this for the fused path; the loop
+        runs zero batches, so no variable changes.
 
         Args:
           element_spec: ``dataset.element_spec`` of :func:`tfvae.data.blocks`.
@@ -253,7 +253,7 @@ class TrainingSteps:
     # ------------------------------------------------------------ fused blocks
     def _batch_of(self, parts, kind: str, index):
         """float32 batch ``index`` (an index or a slice) of a block's parts: bit-unpacked
-        (``pack_bits`` order), bits drawn from noise (``noisy_bits``), or cast."""
+        (``pack_bits`` order), bits drawn from binarization noise (``noisy_bits``), or cast."""
         if kind == "bits":
             return unpack_bits(parts[0][index], self.input_dim, tf.float32)
         if kind == "noisy":
