@@ -1,4 +1,4 @@
-"""``tfvae diagnose``: gradient-estimator variance of a Bernoulli-latent run."""
+"""``tfvae diagnose``: gradient-estimator variance of a Bernoulli-latent run (bernoulli, sbn)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,24 @@ import json
 
 import click
 from tfvae_cli.common import CONTEXT, handle_errors
+
+#: ``--model`` -> how messages name a run of that family, article included.
+RUN_NAMES = {
+    "gaussian": "a Gaussian VAE",
+    "bernoulli": "a Bernoulli VAE",
+    "sbn": "a sigmoid belief network",
+    "ae-gmm": "an autoencoder",
+}
+
+
+def run_name(model: str) -> str:
+    """``"a Gaussian VAE"``, ``"an autoencoder"``: a family's run, named for a sentence."""
+    return RUN_NAMES.get(model, f"a --model {model}")
+
+
+def _or(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 @click.command(context_settings=CONTEXT)
@@ -15,12 +33,13 @@ from tfvae_cli.common import CONTEXT, handle_errors
 @click.option("--draws", type=int, default=50, show_default=True,
               help="Gradient draws per estimator.")
 @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
-              show_default=True)
+              show_default=True,
+              help="Weights to diagnose: best (lowest validation loss) or last (last epoch).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @handle_errors
 def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
-    """Compare gradient estimators on a trained bernoulli run.
+    """Compare gradient estimators on a trained Bernoulli-latent run (--model bernoulli or sbn).
 
     At the run's parameters and on a fixed batch of its test split, draws the
     encoder gradient --draws times per estimator and prints its variance
@@ -32,8 +51,9 @@ def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
     Examples:
       tfvae diagnose runs/bern
       tfvae diagnose runs/bern --draws 100 --n-examples 512 --json
+      tfvae diagnose runs/sbn --checkpoint last
     """
-    from tfvae.runs.families import family
+    from tfvae.runs.families import FAMILIES, family
     from tfvae.runs.store import load_config
 
     if n_examples <= 0:
@@ -42,9 +62,11 @@ def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
         raise click.ClickException(f"--draws must be an integer >= 2, got {draws}")
     config = load_config(run_dir)
     if not family(config.model).estimators:
+        accepted = [name for name, spec in FAMILIES.items() if spec.estimators]
         raise click.ClickException(
-            f"{run_dir} is a {config.model} run; diagnose compares the gradient estimators "
-            "of bernoulli runs (tfvae train --model bernoulli)"
+            f"{run_dir} is {run_name(config.model)} run (--model {config.model}): it has no "
+            "gradient estimators to compare; diagnose is for Bernoulli-latent runs, "
+            f"trained with --model {_or(accepted)}"
         )
     from tfvae.diagnostics import gradient_variance
     from tfvae.runs.run_data import load_data

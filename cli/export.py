@@ -34,7 +34,7 @@ def export(run_dir, fmt, quantize, out, overwrite, representative, checkpoint):
 
     \b
     Examples:
-      tfvae export runs/z20 --out exported/z20
+      tfvae export runs/z20 --out runs/z20-export
       tfvae export runs/z20 --format tflite --quantize int8 --out z20-int8
       tfvae export runs/z20 --format tflite --quantize float16 --quantize int8 --out z20-small
       tfvae export runs/z20 --quantize int8 --representative 500 --out z20-full-int8

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import click
+from click.core import ParameterSource
 from tfvae_cli.common import CONTEXT, handle_errors
 
 BACKENDS = ("keras", "savedmodel", "tflite")
@@ -28,26 +29,32 @@ PRECISIONS = ("float32", "float16", "int8")
               help="Draw the pixels from p(x|z) instead of its mean (a run's Keras model): "
               "bits for a Bernoulli likelihood, 8-bit values for the logistic (saved as uint8 "
               "in .npy).")
+@click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best",
+              show_default=True,
+              help="Weights of a run directory to sample from: best (lowest validation loss) "
+              "or last (last epoch). An export holds the weights it was exported with.")
 @click.option("--no-verify", is_flag=True,
               help="Run an export's files without checking them against the manifest's sha256.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @handle_errors
-def sample(run_dir, n, out, seed, backend, precision, pixels, no_verify, overwrite):
+def sample(run_dir, n, out, seed, backend, precision, pixels, checkpoint, no_verify, overwrite):
     """Draw samples from a trained model's prior and decode them.
 
     RUN_DIR is a run directory or an export directory (from `tfvae export`).
     The sampler's noise is drawn with numpy from --seed and turned into images
     by the chosen backend: the Keras model for a run, the SavedModel or a
     LiteRT file of an export. For a run with --backend savedmodel or tflite,
-    the run is first exported to a temporary directory.
+    the run is first exported to a temporary directory. The folder of --out
+    is created if need be.
 
     \b
     Examples:
-      tfvae sample runs/z2 --n 64 --out samples.png
-      tfvae sample runs/z2 --n 1000 --out samples.npy --seed 3
-      tfvae sample exported/gaussian --n 64 --out lite.png --precision int8
-      tfvae sample runs/z2 --n 64 --out sm.npy --backend savedmodel
-      tfvae sample runs/colour --n 16 --out pixels.npy --pixels   # 8-bit draws
+      tfvae sample runs/z2 --n 64 --out runs/z2-samples.png
+      tfvae sample runs/z2 --n 1000 --out runs/z2-samples.npy --seed 3
+      tfvae sample runs/z2 --n 64 --out runs/z2-last.png --checkpoint last
+      tfvae sample exported/gaussian --n 64 --out runs/lite.png --precision int8
+      tfvae sample runs/z2 --n 64 --out runs/z2-sm.npy --backend savedmodel
+      tfvae sample runs/colour --n 16 --out runs/colour-pixels.npy --pixels  # 8-bit draws
     """
     suffix = os.path.splitext(out)[1].lower()
     if suffix not in (".png", ".npy"):
@@ -65,12 +72,32 @@ def sample(run_dir, n, out, seed, backend, precision, pixels, no_verify, overwri
         if pixels:
             raise click.ClickException(f"{run_dir} is an export: --pixels needs the run "
                                        "directory (exports compute the mean image)")
+        source = click.get_current_context().get_parameter_source("checkpoint")
+        if source is not ParameterSource.DEFAULT:
+            _refuse_checkpoint(run_dir, checkpoint)
         images, image_shape = _from_export(run_dir, n, seed, backend, precision, not no_verify)
         levels = None
     else:
-        images, image_shape, levels = _from_run(run_dir, n, seed, backend, precision, pixels)
+        images, image_shape, levels = _from_run(run_dir, n, seed, backend, precision, pixels,
+                                                checkpoint)
+    folder = os.path.dirname(out)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
     _write(out, suffix, images, image_shape, levels)
     click.echo(f"wrote {n} samples to {out}")
+
+
+def _refuse_checkpoint(path, checkpoint):
+    """--checkpoint chooses a run's weights; an export holds the one it was made from."""
+    from tfvae.export.manifest import read_manifest
+
+    run = read_manifest(path).get("training", {}).get("run", {})
+    held = f" (made from the {run['checkpoint']} checkpoint)" if run.get("checkpoint") else ""
+    raise click.ClickException(
+        f"{path} is an export{held}: --checkpoint chooses the weights of a run directory. "
+        f"Leave it out, give the run directory instead, or export that checkpoint with "
+        f"`tfvae export RUN_DIR --checkpoint {checkpoint} --out DIR`"
+    )
 
 
 def _from_export(path, n, seed, backend, precision, verify):
@@ -86,7 +113,7 @@ def _from_export(path, n, seed, backend, precision, verify):
     return images, tuple(exported.manifest["image_shape"])
 
 
-def _from_run(run_dir, n, seed, backend, precision, pixels):
+def _from_run(run_dir, n, seed, backend, precision, pixels, checkpoint):
     import tempfile
 
     from tfvae.runs.layout import check_run_dir
@@ -94,7 +121,7 @@ def _from_run(run_dir, n, seed, backend, precision, pixels):
     check_run_dir(run_dir)
     from tfvae.runs.store import load_model
 
-    model, _ = load_model(run_dir, "best")
+    model, _ = load_model(run_dir, checkpoint)
     levels = model.likelihood_levels if pixels else None
     if backend in (None, "keras"):
         return model.sample(n, seed=seed, pixels=pixels), model.image_shape, levels

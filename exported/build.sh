@@ -1,29 +1,35 @@
 #!/usr/bin/env bash
-# Rebuilds the reference exports in this folder: bash exported/build.sh
+# Rebuilds the reference exports in this folder: bash exported/build.sh [OUT]
 #
 # Trains the three default models (tfvae train defaults: 784-400-20 MLP, 20
 # epochs, embedded mnist-10k, seed 0) in a temporary folder and exports each
-# to exported/<model>/ as float16 and int8 (dynamic-range) LiteRT files plus
-# manifest.json. About 10 minutes on 2 CPU cores. PYTHON picks the interpreter.
+# to OUT/<model>/ as float16 and int8 (dynamic-range) LiteRT files plus
+# manifest.json. OUT defaults to this folder (tests/test_exported.py rebuilds
+# into another one to compare). PYTHON picks the interpreter. Nothing is
+# written outside OUT: the runs and TensorFlow's temporary files live in a
+# temporary folder removed on exit.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
+out=${1:-$here}
 python=${PYTHON:-python}
 runs=$(mktemp -d)
 trap 'rm -rf "$runs"' EXIT
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-3}
-PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" "$python" - "$here" "$runs" <<'PY'
+mkdir -p "$out"
+TMPDIR="$runs" PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}" \
+    "$python" - "$out" "$runs" <<'PY'
 import sys
 from pathlib import Path
 
 import tfvae
 from tfvae.export import export_run
 
-here, runs = Path(sys.argv[1]), Path(sys.argv[2])
+out, runs = Path(sys.argv[1]), Path(sys.argv[2])
 for model in ("gaussian", "bernoulli", "ae-gmm"):
     run = tfvae.train(out=runs / model, model=model, verbose=0, figures=False)
     print(f"{model}: test elbo {run.evaluation['elbo']:.2f}", flush=True)
-    manifest = export_run(run.path, here / model, formats="tflite",
+    manifest = export_run(run.path, out / model, formats="tflite",
                           precisions=("float16", "int8"), overwrite=True)
     size = sum(f["bytes"] for f in manifest["files"].values())
     print(f"{model}: exported {len(manifest['files'])} files, {size / 1e6:.2f} MB", flush=True)

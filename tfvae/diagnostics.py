@@ -1,4 +1,4 @@
-"""Gradient-estimator diagnostics for Bernoulli-latent models.
+"""Gradient-estimator diagnostics for Bernoulli-latent models (Bernoulli VAEs and SBNs).
 
 :func:`gradient_variance` measures, at a model's current parameters and on a
 fixed batch, how noisy each estimator's gradient of the encoder is: draw the
@@ -34,7 +34,7 @@ def gradient_variance(model, x, estimators=None, num_draws: int = 50, seed: int 
     baseline value, ``nvil`` its trained ``c(x)`` and running statistics).
 
     Args:
-      model: a :class:`tfvae.BernoulliVAE`.
+      model: a :class:`tfvae.BernoulliVAE` or :class:`tfvae.StackedBernoulliVAE`.
       x: ``[n, D]`` float data (the fixed batch).
       estimators: names from :data:`tfvae.estimators.ESTIMATORS`; default all
         that the model can run (``nvil`` only for a model trained with it).

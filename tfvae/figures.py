@@ -102,21 +102,42 @@ def save_manifold(path, decode_mean, image_shape, quantiles, n: int = 15):
     return save_grid(path, decode_mean(codes), image_shape, "latent manifold", columns=n)
 
 
-def save_latent_scatter(path, codes, labels=None, title="test codes", ellipses=None):
+def save_latent_scatter(path, codes, labels=None, title="test codes", ellipses=None,
+                        classes: int | None = None, label_name: str | None = None):
     """Scatter of 2-D codes, coloured by label or component, with optional ellipses.
+
+    Labels are discrete (digit classes, mixture components), so each gets one
+    colour and the colour bar one band with an integer tick, never a
+    continuous gradient between classes.
 
     Args:
       codes: ``[n, 2]`` array.
-      labels: ``[n]`` ints or None.
-      ellipses: optional list of ``(mean [2], covariance [2, 2])`` drawn at 2 sigma.
+      labels: ``[n]`` ints in ``[0, classes)``, or None.
+      ellipses: optional list of ``(mean [2], covariance [2, 2])`` drawn at 2 sigma,
+        one per component.
+      classes: how many labels the colour bar shows (default: one more than
+        the largest label, and at least one per ellipse, so a component no
+        code fell in keeps its band).
+      label_name: caption of the colour bar (e.g. ``"mixture component"``).
     """
     from matplotlib.patches import Ellipse
 
     fig = _figure(6, 5)
     ax = fig.add_subplot(1, 1, 1)
-    scatter = ax.scatter(codes[:, 0], codes[:, 1], c=labels, s=4, cmap="tab10", alpha=0.7)
-    if labels is not None:
-        fig.colorbar(scatter, ax=ax)
+    if labels is None:
+        ax.scatter(codes[:, 0], codes[:, 1], s=4, alpha=0.7)
+    else:
+        labels = np.asarray(labels).astype(int)
+        if classes is None:
+            classes = max(int(labels.max(initial=-1)) + 1, len(ellipses or []), 1)
+        cmap, norm = discrete_colours(classes)
+        scatter = ax.scatter(codes[:, 0], codes[:, 1], c=labels, s=4, cmap=cmap, norm=norm,
+                             alpha=0.7)
+        step = int(np.ceil(classes / 20))  # at most about 20 tick labels
+        colorbar = fig.colorbar(scatter, ax=ax, ticks=np.arange(0, classes, step))
+        colorbar.minorticks_off()
+        if label_name:
+            colorbar.set_label(label_name)
     for mean, cov in ellipses or []:
         values, vectors = np.linalg.eigh(cov)
         angle = np.degrees(np.arctan2(vectors[1, -1], vectors[0, -1]))
@@ -128,3 +149,21 @@ def save_latent_scatter(path, codes, labels=None, title="test codes", ellipses=N
     fig.tight_layout()
     fig.savefig(str(path))
     return Path(path)
+
+
+def discrete_colours(classes: int):
+    """``(cmap, norm)`` giving each integer label in ``[0, classes)`` a colour of its own.
+
+    The qualitative ``tab10``/``tab20`` palettes while they have enough
+    colours, evenly spaced ``turbo`` colours beyond; the norm's band edges sit
+    halfway between integers, so a colour bar shows one band per label.
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    if classes <= 20:
+        palette = colormaps["tab10" if classes <= 10 else "tab20"].colors[:classes]
+    else:
+        palette = colormaps["turbo"](np.linspace(0.0, 1.0, classes))
+    return (ListedColormap(palette, name=f"labels{classes}"),
+            BoundaryNorm(np.arange(classes + 1) - 0.5, classes))

@@ -93,7 +93,7 @@ def write_figures(out: Path, model, splits, history) -> list[Path]:
         codes = np.asarray(model.posterior_code(test.astype(np.float32)))
         paths.append(fig.save_latent_scatter(
             folder / "latent.png", codes,
-            None if splits.y_test is None else splits.y_test[:2000]))
+            None if splits.y_test is None else splits.y_test[:2000], label_name="label"))
     spec = family(model.model_type)
     if spec.figures is not None:
         paths += spec.figures(model, folder, test)

@@ -10,6 +10,7 @@ runner's named inputs and outputs.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -191,7 +192,13 @@ def convert(saved_model_dir, signature: str, precision: str = "float32",
         if representative is not None:
             converter.representative_dataset = representative
     try:
-        content = converter.convert()
+        with warnings.catch_warnings():
+            # TensorFlow's int8 calibrator builds its own tf.lite.Interpreter, which warns
+            # that it is deprecated; tfvae itself runs LiteRT files with ai_edge_litert.
+            warnings.filterwarnings(
+                "ignore", message=r"\s*Warning: tf\.lite\.Interpreter is deprecated",
+                category=UserWarning)
+            content = converter.convert()
     except Exception as exc:  # ConverterError and friends: report what the converter said
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         # "TF Select ops: MatrixInverse" names the non-builtin ops when that is the cause.

@@ -119,7 +119,7 @@ def _mixture_figures(model, folder, x_test) -> list:
         paths.append(figures.save_latent_scatter(
             folder / "clusters.png", codes, mixture.predict(codes),
             title=f"clusters of test codes, latent size 2 (K={mixture.num_components})",
-            ellipses=ellipses,
+            ellipses=ellipses, label_name="mixture component",
         ))
     return paths
 
