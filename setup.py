@@ -41,6 +41,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6"],
+        # The documentation site: `mkdocs build --strict` (mkdocs.yml, docs/).
+        "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings[python]>=0.26,<2"],
     },
     entry_points={"console_scripts": ["tfvae=tfvae_cli.main:main"]},
     classifiers=[

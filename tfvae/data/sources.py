@@ -374,9 +374,11 @@ def from_arrays(source: str, x_train, x_test, y_train=None, y_test=None) -> Data
 
     Args:
         source: what the arrays are called in messages (a name or a path).
-        x_train, x_test: images ``(N, D)``, ``(N, H, W)`` or ``(N, H, W, C)``
+        x_train: training images ``(N, D)``, ``(N, H, W)`` or ``(N, H, W, C)``
             (C 1 or 3), integers in 0..255 or floats.
-        y_train, y_test: optional integer labels.
+        x_test: test images, shaped as ``x_train``.
+        y_train: optional integer labels of ``x_train``.
+        y_test: optional integer labels of ``x_test``.
     """
     x_train, x_test = np.asarray(x_train), np.asarray(x_test)
     shapes = {}

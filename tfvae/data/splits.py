@@ -234,12 +234,13 @@ def prepare(
     Args:
         ds: The data set (a :class:`tfvae.data.folders.FolderDataSet` gives
             :class:`tfvae.data.streams.StreamSplits`, read file by file).
-        likelihood, binarize: Keys of :data:`tfvae.options.LIKELIHOODS` and
-            :data:`tfvae.options.BINARIZE` (None for the default).
+        likelihood: A key of :data:`tfvae.options.LIKELIHOODS` (None for the default).
+        binarize: A key of :data:`tfvae.options.BINARIZE` (None for the default).
         val_fraction: Fraction in [0, 1) of training rows held out for validation,
             chosen by ``default_rng(seed + 12345).permutation``; 0 for none.
         seed: Seed of the validation subset.
-        val_size, val_order: see :func:`validation_rows`.
+        val_size: see :func:`validation_rows`.
+        val_order: see :func:`validation_rows`.
 
     Returns:
         The :class:`Splits` (or :class:`tfvae.data.StreamSplits`).
