@@ -8,10 +8,10 @@ callbacks, optimizers and layers that go with tfvae models.
 
 import gc
 
-# Importing TensorFlow, TFP and tf_keras makes about 600,000 objects and next to no
+# Importing TensorFlow, TFP and tf_keras makes a great many objects and next to no
 # garbage, yet the cyclic collector would walk all of them again and again while
-# they load: 1.5-2.5 s of a 5-6 s import on 2 cores (benchmarks/train_throughput.py
-# --main-job). It is paused for the import and restored as it was.
+# they load (benchmarks/train_throughput.py times the import). It is
+# paused for the import and restored as it was.
 _collecting = gc.isenabled()
 gc.disable()
 try:

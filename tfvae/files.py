@@ -4,8 +4,10 @@ Every write goes through a temporary file in the same folder and an atomic
 rename, so a crash, a ``kill -9`` or a full disk never leaves a half-written
 file under the real name; a failed write removes its temporary file. A full
 disk (or quota) becomes a :class:`StorageError` that names the place and
-says what to do, instead of the raw ``OSError`` text. Only the standard
-library is used here.
+says what to do, instead of the raw ``OSError`` text. :func:`sha256` digests
+a whole file (run records and export manifests keep such digests), and
+:class:`FileLock` is the one inter-process lock. Only the standard library
+is used here.
 """
 
 from __future__ import annotations
@@ -107,9 +109,9 @@ def atomic_write_bytes(path, content: bytes, durable: bool = True) -> None:
     """Writes ``content`` to ``path`` through a temporary file and a rename.
 
     Readers see the old file or the new one, never a part. ``durable`` also
-    flushes the content to the disk before the rename (``fsync``, 5-10 ms
-    here), so that a power cut cannot leave an empty file under the name;
-    files derived from a durable one (and rewritten from it) can skip that.
+    flushes the content to the disk before the rename (``fsync``), so that a
+    power cut cannot leave an empty file under the name; files derived from a
+    durable one (and rewritten from it) can skip that wait.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -173,12 +175,108 @@ def read_json(path, what: str):
         raise RunDirError(f"{path} is corrupt ({what} is not valid JSON: {exc})") from None
 
 
-def sha256(path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
+def sha256(file) -> str:
+    """Hex SHA-256 of a whole file: a path, or a binary file open for reading (read from
+    its start, so that the digest is of the very file a caller keeps open)."""
     import hashlib
 
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+    with contextlib.ExitStack() as stack:
+        if isinstance(file, (str, os.PathLike)):
+            file = stack.enter_context(open(file, "rb"))
+        else:
+            file.seek(0)
+        for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+class LockHeld(TfvaeError):
+    """Another process holds a :class:`FileLock`; ``owner`` is the note it left in the file."""
+
+    def __init__(self, path, owner: str):
+        self.path, self.owner = Path(path), owner
+        super().__init__(f"{path} is held by {owner or 'another process'}")
+
+
+class FileLock:
+    """An exclusive OS lock (``flock``) on a file, held by this process until released.
+
+    The kernel drops the lock when the process ends however it ends
+    (``kill -9`` included), so a stale lock cannot outlive its process; a
+    second holder (another process, or another ``FileLock`` in this one) gets
+    :class:`LockHeld` at once instead of waiting. The holder writes ``note``
+    into the file so that the refusal can say who holds it. On a platform
+    without ``flock`` the lock is not enforced.
+
+    Example:
+      >>> with FileLock("runs/z2/.lock", note="tfvae process 1234"):
+      ...     pass  # write what the lock guards
+    """
+
+    def __init__(self, path, note: str = ""):
+        self.path = Path(path)
+        self.note = note
+        self._file = None
+
+    def acquire(self) -> FileLock:
+        if self._file is not None:  # held already
+            return self
+        handle = open(self.path, "a+")  # noqa: SIM115 (held until release)
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: nothing to enforce
+            self._file = handle
+            return self
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip()
+            handle.close()
+            raise LockHeld(self.path, owner) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{self.note}\n" if self.note else "")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()  # closing drops the flock
+            self._file = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock now."""
+        return self._file is not None
+
+    @staticmethod
+    def holder(path) -> str | None:
+        """The note of whoever holds the lock on ``path`` now, or None when nobody does.
+
+        A probe that takes and drops a shared lock at once and creates nothing;
+        an empty string means a holder that left no note. The answer can be
+        out of date as soon as it is given (a holder may start or end next).
+        """
+        try:
+            import fcntl
+
+            handle = open(path)  # noqa: SIM115 (closed below)
+        except (ImportError, OSError):  # no flock here, or no lock file: nobody holds it
+            return None
+        with handle:
+            try:  # shared: two probes do not refuse each other
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return handle.read().strip()
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return None
+
+    def __enter__(self) -> FileLock:
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

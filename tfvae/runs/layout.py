@@ -5,10 +5,11 @@ A run directory holds::
     config.json                 the Config (JSON), written before training
     run.json                    status, epochs completed, best epoch, data, versions
     checkpoints/resume.json     the training record: epoch, metric history, best
-                                epoch and the state prefix (written last each epoch)
+                                epoch, the state prefix and the SHA-256 of the
+                                weights files (written last each epoch)
     checkpoints/state/          full training state of that epoch (weights,
                                 optimizer, estimator state), for --resume
-    checkpoints/last.weights.h5 weights after the last completed epoch
+    checkpoints/last.weights.h5 weights after the last completed epoch (Keras' format)
     checkpoints/best.weights.h5 weights with the best validation loss
     metrics.csv, metrics.json   per-epoch training and validation metrics
     evaluation.json             test-split figures after training
@@ -18,8 +19,8 @@ A run directory holds::
 
 ``checkpoints/resume.json`` is authoritative: ``metrics.*`` and the epoch
 counts of ``run.json`` are derived from it (and rewritten from it when a run
-resumes). Only the standard library is imported here, so the CLI checks
-paths before it imports TensorFlow.
+resumes). Only the standard library (and :mod:`tfvae.files`) is imported
+here, so the CLI checks paths before it imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import datetime
 import os
 from pathlib import Path
 
+from tfvae import files
 from tfvae.errors import RunDirError
 
 CONFIG = "config.json"
@@ -102,9 +104,9 @@ def check_new_out(out) -> Path:
 class RunLock:
     """An exclusive lock on a run directory, held by this process.
 
-    An OS file lock (``flock``) on ``DIR/.lock``: the kernel drops it when the
-    process ends however it ends (``kill -9`` included), so a stale lock cannot
-    outlive its process. A second writer gets a RunDirError at once.
+    A :class:`tfvae.files.FileLock` on ``DIR/.lock``: the kernel drops it when
+    the process ends however it ends (``kill -9`` included), so a stale lock
+    cannot outlive its process. A second writer gets a RunDirError at once.
 
     Example:
       >>> with RunLock("runs/z2"):
@@ -113,58 +115,35 @@ class RunLock:
 
     def __init__(self, run_dir):
         self.run_dir = Path(run_dir)
-        self._file = None
+        self._lock = files.FileLock(self.run_dir / LOCK, note=f"tfvae process {os.getpid()}")
 
     def acquire(self) -> RunLock:
-        path = self.run_dir / LOCK
-        handle = open(path, "a+")  # noqa: SIM115 (held until release)
         try:
-            import fcntl
-        except ImportError:  # no flock on this platform: one writer is up to the user
-            self._file = handle
-            return self
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            owner = handle.read().strip()
-            handle.close()
-            raise _in_use(self.run_dir, owner) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"tfvae process {os.getpid()}\n")
-        handle.flush()
-        self._file = handle
+            self._lock.acquire()
+        except files.LockHeld as exc:
+            raise _in_use(self.run_dir, exc.owner) from None
         return self
 
     @staticmethod
     def check_free(run_dir) -> None:
         """Raises the RunDirError of :meth:`acquire` if another process holds the lock now.
 
-        A probe that takes and drops a shared lock at once, creating nothing: the
-        command calls it before importing TensorFlow, so a second writer is
-        refused in a fraction of a second. Holding the lock is still
-        :meth:`acquire`'s job (the other process may start or end in between).
+        A probe that creates nothing: the command calls it before importing
+        TensorFlow, so that a second writer is refused before anything loads.
+        Holding the lock is still :meth:`acquire`'s job (the other process may
+        start or end in between).
         """
-        path = Path(run_dir) / LOCK
-        try:
-            import fcntl
+        owner = files.FileLock.holder(Path(run_dir) / LOCK)
+        if owner is not None:
+            raise _in_use(Path(run_dir), owner)
 
-            handle = open(path)  # noqa: SIM115 (closed below)
-        except (ImportError, OSError):  # no flock here, or no lock file: nobody holds it
-            return
-        with handle:
-            try:  # shared: two probes do not refuse each other
-                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                raise _in_use(Path(run_dir), handle.read().strip()) from None
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    @staticmethod
+    def is_held(run_dir) -> bool:
+        """Whether a process (this one included) holds the run's lock now: it is being written."""
+        return files.FileLock.holder(Path(run_dir) / LOCK) is not None
 
     def release(self) -> None:
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()  # closing drops the flock
-            self._file = None
+        self._lock.release()
 
     def __enter__(self):
         return self.acquire()

@@ -11,12 +11,19 @@ they are rewritten from the record when the run resumes.
 A record read back is validated before anything trusts it: keys and types,
 a state prefix confined to this run's own ``checkpoints/state/`` and naming
 the recorded epoch, a history as long as the epoch count.
+
+The record also keeps the SHA-256 digest and size of each weights file
+(``"weights": {"last.weights.h5": {"sha256": HEX, "bytes": N}, ...}``, the
+form of an export manifest's entries), so that a weights file edited or
+damaged after it was written is refused when a run is loaded. Records of
+earlier versions have no ``weights``: their files are loaded as they are.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 from tfvae import files
@@ -28,6 +35,8 @@ from tfvae.runtime import versions
 LEADING_COLUMNS = ("epoch", "seconds")
 _KEYS = ("epoch", "prefix", "history", "best", "best_epoch", "monitor")
 _MONITORS = ("loss", "val_loss")
+_WEIGHTS_FILES = (layout.LAST, layout.BEST)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclasses.dataclass
@@ -41,6 +50,9 @@ class Record:
       best: the best monitored value so far (``inf`` before any).
       best_epoch: the epoch of ``best`` (None before any).
       monitor: ``val_loss`` with a validation split, ``loss`` without.
+      weights: ``{file name: {"sha256": hex digest, "bytes": size}}`` of the
+        ``last`` and ``best`` weights files as written (empty in records of
+        earlier versions).
     """
 
     epoch: int
@@ -49,6 +61,7 @@ class Record:
     best: float
     best_epoch: int | None
     monitor: str
+    weights: dict = dataclasses.field(default_factory=dict)
 
     @staticmethod
     def prefix_for(epoch: int) -> str:
@@ -78,6 +91,18 @@ def _check_history(path, history, epoch):
         bad = [k for k, v in row.items() if not _number(v)]
         if bad:
             raise _invalid(path, f"history entry {i} holds non-numbers under {bad}")
+
+
+def _check_weights(path, weights) -> dict:
+    if not isinstance(weights, dict) or set(weights) - set(_WEIGHTS_FILES):
+        raise _invalid(path, f"'weights' must map {list(_WEIGHTS_FILES)} to their digests")
+    for name, entry in weights.items():
+        if not (isinstance(entry, dict) and set(entry) == {"sha256", "bytes"}
+                and isinstance(entry["sha256"], str) and _HEX64.fullmatch(entry["sha256"])
+                and isinstance(entry["bytes"], int) and not isinstance(entry["bytes"], bool)
+                and entry["bytes"] >= 0):
+            raise _invalid(path, f"the digest of {name} is not a SHA-256 and a size")
+    return weights
 
 
 def validate(data, run_dir) -> Record:
@@ -110,7 +135,9 @@ def validate(data, run_dir) -> Record:
         raise _invalid(path, f"'best_epoch' must be an epoch in 1..{epoch}, got {best_epoch!r}")
     if data["monitor"] not in _MONITORS:
         raise _invalid(path, f"'monitor' must be one of {_MONITORS}, got {data['monitor']!r}")
-    return Record(epoch, expected, data["history"], float(best), best_epoch, data["monitor"])
+    weights = _check_weights(path, data.get("weights", {}))
+    return Record(epoch, expected, data["history"], float(best), best_epoch, data["monitor"],
+                  weights)
 
 
 def read(run_dir) -> Record | None:
@@ -119,6 +146,22 @@ def read(run_dir) -> Record | None:
     if not path.exists():
         return None
     return validate(files.read_json(path, "training record"), run_dir)
+
+
+def weights_digest(run_dir, name: str) -> dict | None:
+    """The recorded ``{"sha256", "bytes"}`` of weights file ``name``, or None if there is none.
+
+    None for a run with no record, a record of an earlier version, or a file
+    the record does not name. Only this entry is checked: a reader may meet
+    the record while the run trains, when the state it names can be gone.
+    """
+    path = Path(run_dir) / layout.CHECKPOINTS / layout.RESUME
+    if not path.is_file():
+        return None
+    data = files.read_json(path, "training record")
+    if not isinstance(data, dict):
+        raise _invalid(path, f"it holds a {type(data).__name__}, not a JSON object")
+    return _check_weights(path, data.get("weights", {})).get(name)
 
 
 def write(run_dir, record: Record) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from tfvae import distribute, files
 from tfvae._keras import keras, tf
 from tfvae.runs import layout, record
-from tfvae.runs.store import WeightsWriter
+from tfvae.runs.store import weights_digest
 
 
 def cut_short(callbacks) -> bool:
@@ -33,13 +33,15 @@ class RunRecorder(keras.callbacks.Callback):
     Each epoch writes, in this order: the full training state (weights,
     optimizer slots, estimator state, the noise generator) under
     ``checkpoints/state/epoch-NNNN``, the ``last`` (and, when the monitored
-    value improved, ``best``) weights through temporary files and renames,
-    the training record ``checkpoints/resume.json`` (the commit point), then
-    ``metrics.csv``/``metrics.json`` and ``run.json``, and last removes the
-    previous epoch's state. An epoch cut short (by a stop request or a
-    non-finite loss: any callback in ``skip`` with ``stopped`` true) is not
-    recorded. A full disk removes the new epoch's partial files and raises
-    :class:`tfvae.files.StorageError`; the previous epoch stays resumable.
+    value improved, ``best``) weights with Keras' ``save_weights`` through
+    temporary files and renames, the training record
+    ``checkpoints/resume.json`` (the commit point, with the SHA-256 of both
+    weights files), then ``metrics.csv``/``metrics.json`` and ``run.json``,
+    and last removes the previous epoch's state. An epoch cut short (by a
+    stop request or a non-finite loss: any callback in ``skip`` with
+    ``stopped`` true) is not recorded. A full disk removes the new epoch's
+    partial files and raises :class:`tfvae.files.StorageError`; the previous
+    epoch stays resumable, its weights files as its record names them.
 
     Under a multi-worker strategy every worker saves (saving is collective),
     non-chief workers into a scratch folder they delete; only the chief writes
@@ -72,7 +74,6 @@ class RunRecorder(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         (self.run_dir / layout.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         self._checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
-        self._write_weights = WeightsWriter(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.perf_counter()
@@ -93,12 +94,15 @@ class RunRecorder(keras.callbacks.Callback):
         improved = logs.get(self.monitor, math.inf) < best
         if improved:
             best, best_epoch = logs[self.monitor], epoch + 1
-        new = record.Record(epoch + 1, record.Record.prefix_for(epoch + 1),
-                            self.history + [row], best, best_epoch, self.monitor)
+        prefix = record.Record.prefix_for(epoch + 1)
         # Logs are reduced across workers, so every worker takes the same branches.
         with distribute.scratch_dir(self.strategy) as scratch:
             folder = self.run_dir / layout.CHECKPOINTS if scratch is None else scratch
-            self._save(folder, new.prefix, improved)
+            written = self._save(folder, prefix, improved)
+        weights = {} if previous is None else dict(previous.weights)
+        weights.update(written)
+        new = record.Record(epoch + 1, prefix, self.history + [row], best, best_epoch,
+                            self.monitor, weights)
         self.record = new
         if not self.chief:
             return
@@ -114,14 +118,22 @@ class RunRecorder(keras.callbacks.Callback):
             if not old.name.startswith(f"epoch-{new.epoch:04d}."):
                 old.unlink()
 
-    def _save(self, folder: Path, prefix: str, improved: bool) -> None:
-        """State, last and best weights of a new epoch; partial files removed on failure."""
+    def _save(self, folder: Path, prefix: str, improved: bool) -> dict:
+        """State, last and best weights of a new epoch; partial files removed on failure.
+
+        Returns the digests of the weights files written (``{name: {"sha256", "bytes"}}``).
+        """
         try:
             self._checkpoint.write(str(folder / prefix))
-            self._write_weights(folder / layout.LAST)
-            if improved:  # the same weights: a copy costs less than serializing again
-                with files.atomic_path(folder / layout.BEST) as tmp:
-                    shutil.copyfile(folder / layout.LAST, tmp)
+            # Both files are complete before either is renamed: a full disk leaves the
+            # previous epoch's files, which its record's digests name.
+            with files.atomic_path(folder / layout.LAST) as last:
+                self.model.save_weights(str(last))
+                digest = weights_digest(last)
+                if improved:  # the same weights: a copy costs less than serializing again
+                    with files.atomic_path(folder / layout.BEST) as best:
+                        shutil.copyfile(last, best)
+            return {layout.LAST: digest, **({layout.BEST: digest} if improved else {})}
         except BaseException as exc:
             for partial in (folder / prefix).parent.glob(Path(prefix).name + ".*"):
                 with contextlib.suppress(OSError):

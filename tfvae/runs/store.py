@@ -1,14 +1,17 @@
 """Loading a run back: its configuration, its model and weights, its record.
 
-Nothing is loaded with pickle: configs and status are JSON, weights HDF5
-read by Keras into a model rebuilt from its config, extras (the
-autoencoder's mixture) ``.npz`` + JSON through :mod:`tfvae.runs.families`.
+Nothing is loaded with pickle: configs and status are JSON, weights Keras'
+own ``.weights.h5`` read by ``load_weights`` into a model rebuilt from its
+config (after their SHA-256 is checked against the run's record), extras
+(the autoencoder's mixture) ``.npz`` + JSON through
+:mod:`tfvae.runs.families`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import os
+import time
 from pathlib import Path
 
 from tfvae import files
@@ -68,188 +71,118 @@ def build_model(config):
     return family(config.model).build(config)
 
 
-def save_weights(model, path) -> None:
-    """Saves the model's weights to ``path`` (``.weights.h5``), never a half-written file.
+def save_weights(model, path) -> dict:
+    """Saves the weights with Keras' ``save_weights`` to ``path``, never a half-written file.
 
-    Keras' ``save_weights`` also writes every object the model reaches, its
-    optimizers included: with Adam two more copies of every weight (the main
-    job's VAE: 7.9 MB instead of 2.6, 28 ms instead of 17 per epoch). A run's
-    optimizer state lives in its training state (``checkpoints/state/``), so
-    these files hold the weights (and the metric trackers' sums), in Keras'
-    own format with the optimizers left out; ``model.load_weights`` reads them (a model whose
-    optimizer has slots then logs that it skipped them; :func:`load_weights`
-    does not). To save one model again and again, use a :class:`WeightsWriter`.
+    The file is Keras' own ``.weights.h5`` (its optimizers' state included),
+    written under a temporary name and renamed; ``model.load_weights`` reads it.
+
+    Returns:
+      ``{"sha256": hex digest, "bytes": size}`` of the file as written: what
+      a run's record keeps to refuse the file if it is edited later.
     """
-    WeightsWriter(model)(path)
+    with files.atomic_path(path) as tmp:
+        model.save_weights(str(tmp))
+        return weights_digest(tmp)
 
 
-class WeightsWriter:
-    """:func:`save_weights` for one model, Keras' walk of its objects done once.
+def weights_digest(path) -> dict:
+    """``{"sha256": hex digest, "bytes": size}`` of a whole weights file, as a run's record
+    keeps it (the form of an export manifest's entries)."""
+    return {"sha256": files.sha256(path), "bytes": os.path.getsize(path)}
 
-    Keras finds what to save by walking every attribute of every layer, and
-    evaluates properties on the way (a ``Sequential``'s ``get_config``, among
-    others): two thirds of the 16 ms that saving the main job's weights took
-    each epoch. What the walk finds, which objects write their variables under
-    which names, does not change while a model trains: the writer walks once
-    (as Keras does, :func:`_weights_plan`) and then only writes. Each file
-    also gets the SHA-256 digest of its weights (root attribute
-    :data:`DIGEST_ATTR`, hashed as they are written: 1.5 ms for the main job's
-    2.6 MB), which :func:`load_weights` checks.
+
+class WeightsChanged(RunDirError):
+    """A run's weights file whose SHA-256 is not the one its record keeps."""
+
+
+#: How long a reader waits in all for a run being trained to record the
+#: digests of weights files it has just replaced.
+RECORD_WAIT = 5.0
+#: How often a reader checks a weights file against the record before it refuses it.
+ATTEMPTS = 4
+_POLL = 0.02
+_pause, _clock = time.sleep, time.monotonic  # (tests replace them)
+
+
+def load_weights(model, path, digest: dict | None = None) -> None:
+    """Loads a ``.weights.h5`` file (tfvae's or Keras' own) into ``model``.
+
+    Args:
+      model: a model of the configuration the file was saved from.
+      path: the weights file.
+      digest: ``{"sha256", "bytes"}`` the file must have (from a run's
+        record), or None to load it as it is.
+
+    Raises:
+      WeightsChanged: the file does not have ``digest``.
     """
-
-    def __init__(self, model):
-        self.model = model
-        self._plan = None
-
-    def __call__(self, path) -> None:
-        if self._plan is None:
-            self._plan = _weights_plan(self.model)
-        with files.atomic_path(path) as tmp:
-            if self._plan is False:  # no Keras walk to follow: Keras' own save
-                self.model.save_weights(str(tmp))
-                return
-            from tf_keras.src.saving import saving_lib
-
-            store = saving_lib.H5IOStore(str(tmp), mode="w")
-            try:
-                digests = {}
-                for inner_path, trackable in self._plan:
-                    trackable.save_own_variables(_Digesting(store.make(inner_path), digests))
-                store.h5_file.attrs[DIGEST_ATTR] = _combined(digests)
-            finally:
-                store.close()
-
-
-#: The root attribute of a weights file holding the digest of its weights.
-DIGEST_ATTR = "tfvae_sha256"
-
-
-class WeightsChanged(ValueError):
-    """A weights file whose values no longer match the digest written with them."""
-
-
-class _Digesting:
-    """A Keras weights-store group that also digests what is stored in it."""
-
-    def __init__(self, group, digests: dict):
-        self._group, self._digests = group, digests
-
-    def __setitem__(self, key, value):
-        self._group[key] = value
-        self._digests[f"{self._group.name}/{key}"] = _digest(value)
-
-
-def _digest(value) -> str:
-    import numpy as np
-
-    array = np.ascontiguousarray(value)
-    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(memoryview(array.reshape(-1)).cast("B"))  # no copy: 1.5 ms for 2.6 MB
-    return digest.hexdigest()
-
-
-def _combined(digests: dict) -> str:
-    return hashlib.sha256("".join(f"{k} {digests[k]}\n" for k in sorted(digests)).encode()
-                          ).hexdigest()
-
-
-def check_digest(path) -> bool:
-    """Whether ``path``'s weights match the digest tfvae wrote into it.
-
-    True when they match; False for a file without one (Keras' own, or one an
-    earlier tfvae wrote). Raises :class:`WeightsChanged` when the
-    file was edited or damaged after it was written (a same-size edit that
-    HDF5, which keeps no checksums of its data, would read without a word).
-    """
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        written = f.attrs.get(DIGEST_ATTR)
-        if written is None:
-            return False
-        digests = {}
-        f.visititems(lambda name, obj: digests.__setitem__(obj.name, _digest(obj[()]))
-                     if isinstance(obj, h5py.Dataset) else None)
-    if _combined(digests) != (written.decode() if isinstance(written, bytes) else written):
-        raise WeightsChanged(f"{path}: its weights do not match the digest written with them")
-    return True
-
-
-def load_weights(model, path) -> None:
-    """Loads a ``.weights.h5`` file of :func:`save_weights` (or Keras') into ``model``.
-
-    The optimizers' slots are left as they are, whether or not the file has them.
-    A file tfvae wrote is checked against its digest first (:func:`check_digest`).
-    """
-    check_digest(path)
-    try:
-        from tf_keras.src.saving import saving_lib
-
-        walk, store_class = saving_lib._load_state, saving_lib.H5IOStore
-    except (ImportError, AttributeError):
+    with open(path, "rb") as handle:
+        if digest is not None and not _matches(handle, digest):
+            raise WeightsChanged(f"{path} does not have the SHA-256 digest it was written with")
         model.load_weights(str(path))
-        return
-    store = store_class(str(path), mode="r")
+
+
+def _matches(handle, digest: dict) -> bool:
+    return (os.fstat(handle.fileno()).st_size == digest["bytes"]
+            and files.sha256(handle) == digest["sha256"])
+
+
+def _same_file(handle, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``handle`` (not one renamed onto it)."""
+    mine = os.fstat(handle.fileno())
     try:
-        walk(model, weights_store=store, assets_store=None, inner_path="",
-             visited_trackables=_optimizer_ids(model))
-    finally:
-        store.close()
-
-
-def _optimizer_ids(model) -> set:
-    return {id(o) for o in (getattr(model, "optimizer", None),
-                            getattr(model, "prior_optimizer", None)) if o is not None}
-
-
-def _weights_plan(model):
-    """``[(inner_path, object)]``: who writes its variables where in a weights file.
-
-    The walk of tf_keras' ``saving_lib._save_state`` (the optimizers marked
-    visited first, so they are left out), recording instead of writing;
-    ``tests/test_resume.py`` checks the files against Keras' own walk.
-    False where that Keras-internal walk is missing.
-    """
-    try:
-        from tf_keras.src.saving import saving_lib
-        from tf_keras.src.utils import generic_utils
-
-        walk, is_keras = saving_lib._walk_trackable, saving_lib._is_keras_trackable
-        snake = generic_utils.to_snake_case
-    except (ImportError, AttributeError):
+        now = os.stat(path)
+    except FileNotFoundError:
         return False
-    from tfvae._keras import tf
+    return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
 
-    join = tf.io.gfile.join
-    plan, visited = [], _optimizer_ids(model)
 
-    def visit(trackable, inner_path):
-        if id(trackable) in visited:
-            return
-        if hasattr(trackable, "save_own_variables"):
-            plan.append((inner_path, trackable))
-        visited.add(id(trackable))
-        for attr, child in walk(trackable):
-            if is_keras(child):
-                visit(child, join(inner_path, attr))
-            elif isinstance(child, (list, dict, tuple, set)):
-                visit_container(child, join(inner_path, attr))
+def _record_stamp(run_dir: Path):
+    try:  # the record is replaced by a rename: a new file each time it is written
+        stat = os.stat(run_dir / layout.CHECKPOINTS / layout.RESUME)
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
-    def visit_container(container, inner_path):
-        used = {}
-        for trackable in (container.values() if isinstance(container, dict) else container):
-            if not is_keras(trackable) or id(trackable) in visited:
-                continue
-            name = snake(trackable.__class__.__name__)
-            if name in used:
-                used[name] += 1
-                name = f"{name}_{used[name]}"
-            else:
-                used[name] = 0
-            visit(trackable, join(inner_path, name))
 
-    visit(model, "")
-    return plan
+def _await_record(run_dir: Path, stamp, deadline: float) -> None:
+    """Waits, while a process holds the run's lock, until the record is written again."""
+    while (_clock() < deadline and layout.RunLock.is_held(run_dir)
+           and _record_stamp(run_dir) == stamp):
+        _pause(_POLL)
+
+
+def _load_checked(model, run_dir: Path, ckpt: Path) -> None:
+    """Loads ``ckpt`` into ``model`` once its SHA-256 is the one the run's record keeps.
+
+    A run being trained replaces its weights files first and writes the
+    record that holds their digests next, so a reader can meet new weights
+    with the previous record (or weights replaced between its digest and its
+    load). So a mismatch is checked again, after the record was written anew
+    when a process holds the run's lock, and only a file that still differs
+    is refused. The file loaded is the one digested: still under its name
+    after the load, as no writer edits a file in place.
+    """
+    deadline = _clock() + RECORD_WAIT
+    for _ in range(ATTEMPTS):
+        stamp = _record_stamp(run_dir)
+        with open(ckpt, "rb") as handle:
+            digest = record.weights_digest(run_dir, ckpt.name)
+            if digest is None or _matches(handle, digest):
+                model.load_weights(str(ckpt))
+                if _same_file(handle, ckpt):
+                    return
+                continue  # replaced while it loaded: check the new one
+        _await_record(run_dir, stamp, deadline)
+    other = "last" if ckpt.name == layout.BEST else "best"
+    raise WeightsChanged(
+        f"checkpoint {ckpt} was changed after tfvae wrote it: its SHA-256 is not the one in "
+        f"{layout.CHECKPOINTS}/{layout.RESUME} (the file was edited or damaged); nothing was "
+        f"removed. Use the {other} checkpoint if it is intact (`--checkpoint {other}` of "
+        f"evaluate and export), train the run further (`tfvae train --resume {run_dir} "
+        "--epochs N` writes new weights), or train again"
+    )
 
 
 def checkpoint_path(run_dir, which: str) -> Path:
@@ -286,14 +219,9 @@ def load_model(run_dir, which: str = "best", extras: bool = True, into=None):
     ckpt = checkpoint_path(run_dir, which)
     model = build_model(config) if into is None else into
     try:
-        load_weights(model, ckpt)
-    except WeightsChanged:
-        other = "last" if ckpt.name == layout.BEST else "best"
-        raise RunDirError(
-            f"checkpoint {ckpt} was changed after tfvae wrote it: its weights do not match "
-            f"the digest written with them (edited or damaged). The {other} checkpoint may "
-            f"be intact (`--checkpoint {other}` of evaluate and export); or train again"
-        ) from None
+        _load_checked(model, run_dir, ckpt)
+    except RunDirError:
+        raise
     except Exception as exc:  # h5py/Keras raise many types for a bad file
         raise RunDirError(
             f"checkpoint {ckpt} cannot be read ({type(exc).__name__}: {exc}); "
