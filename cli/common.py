@@ -104,6 +104,14 @@ def _os_message(exc: OSError) -> str:
     return f"{exc.strerror or exc}{': ' + str(where) if where else ''}"
 
 
+def _printable(text: str) -> str:
+    """A message with the undecodable bytes of file names escaped, so it can be printed."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def handle_errors(func):
     """Library errors become one-line click errors; programming errors keep their traceback.
 
@@ -126,9 +134,9 @@ def handle_errors(func):
         except KeyboardInterrupt:
             raise InterruptedByUser("interrupted") from None
         except TfvaeError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_printable(str(exc))) from None
         except OSError as exc:
-            raise click.ClickException(_os_message(exc)) from None
+            raise click.ClickException(_printable(_os_message(exc))) from None
 
     return wrapper
 

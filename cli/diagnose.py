@@ -7,6 +7,8 @@ import json
 import click
 from tfvae_cli.common import CONTEXT, handle_errors
 
+from tfvae.config import check_seed
+
 #: ``--model`` -> how messages name a run of that family, article included.
 RUN_NAMES = {
     "gaussian": "a Gaussian VAE",
@@ -56,6 +58,7 @@ def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
     from tfvae.runs.families import FAMILIES, family
     from tfvae.runs.store import load_config
 
+    check_seed(seed)
     if n_examples <= 0:
         raise click.ClickException(f"--n-examples must be a positive integer, got {n_examples}")
     if draws < 2:

@@ -17,7 +17,8 @@ from tfvae_cli.common import CONTEXT, handle_errors
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Export directory to create (must be empty or a previous export).")
 @click.option("--overwrite", is_flag=True,
-              help="Replace a previous export in --out (only the files its manifest lists).")
+              help="Replace a previous export in --out, all at once when the new one is "
+              "complete; refused if --out holds files its manifest does not list.")
 @click.option("--representative", type=int, default=0, show_default=True,
               help="Calibrate full-integer int8 on this many training images "
               "(0: dynamic-range int8, weights only).")
@@ -31,6 +32,12 @@ def export(run_dir, fmt, quantize, out, overwrite, representative, checkpoint):
     one LiteRT file per signature and precision (decoder.tflite,
     sampler_int8.tflite, encoder_float16.tflite, ...). Samplers take their
     noise as input; `tfvae sample EXPORT_DIR` draws it.
+
+    The export is built in a hidden folder beside --out and moved in only
+    when every file is checked: a failed or stopped (Ctrl-C, SIGTERM: exit
+    130) export leaves --out as it was, and the next export cleans up after
+    a killed one. A second export into the same --out is refused while one
+    runs.
 
     \b
     Examples:

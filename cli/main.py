@@ -3,9 +3,10 @@
 Commands parse options, call library functions and print results. The
 ``train`` options are made from :class:`tfvae.Config`'s fields, so names,
 defaults and help exist once. TensorFlow is imported only inside the
-commands that need it, after paths are checked, so ``--help`` and refusals
-are fast. Errors a user can cause become ``click.ClickException`` (a message
-and exit code 1, never a traceback).
+commands that need it, after paths are checked (and ``train`` has taken the
+run's lock), so ``--help`` and refusals are fast. Errors a user can cause
+become ``click.ClickException`` (a message and exit code 1, never a
+traceback). SIGTERM is Ctrl-C from the process's start.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import signal
 import sys
 
 import click
@@ -68,9 +70,9 @@ def train(out, resume, **options):
       tfvae train --resume runs/z2 --epochs 50
       tfvae train --strategy mirrored --batch-size 512   # every local GPU
     """
-    from tfvae.config import RESUMABLE_FIELDS, Config
+    from tfvae.config import RESUMABLE_FIELDS, Config, check_text_path
     from tfvae.data.sources import check_path
-    from tfvae.runs.layout import RunLock, check_new_out, check_run_dir, default_out
+    from tfvae.runs.layout import check_run_dir, create_run_dir, default_out
 
     verbose = 1 if sys.stdout.isatty() else 2
     progress = _evaluation_progress()
@@ -87,19 +89,36 @@ def train(out, resume, **options):
                 f"a resumed run keeps its configuration: {flags} cannot change; only "
                 f"{' and '.join('--' + n for n in RESUMABLE_FIELDS)} can")
         check_run_dir(resume)
-        RunLock.check_free(resume)  # a second writer is refused before TensorFlow loads
+        lock = _resume_lock(resume, given)  # a second writer is refused before TensorFlow loads
         click.echo(f"resuming run {resume}", err=True)
-        _report(_library_train(resume=resume, verbose=verbose, progress=progress, **given))
+        _report(_library_train(resume=resume, verbose=verbose, progress=progress, lock=lock,
+                               **given))
         return
     config = Config(**options)
+    if out is not None:
+        check_text_path(out, "--out")
     if config.data_dir is not None:
         check_path(config.data_dir)
     if out is None:
         out = str(default_out(config.model))
-    elif config.strategy != "multiworker":
-        check_new_out(out)
+    # The folder is made and locked before TensorFlow loads: a second `tfvae train` into
+    # it is refused at once, naming this process (every worker of a cluster shares it).
+    lock = None if config.strategy == "multiworker" else create_run_dir(out)
     click.echo(f"training {config.model} model; run directory: {out}", err=True)
-    _report(_library_train(config, out=out, verbose=verbose, progress=progress))
+    _report(_library_train(config, out=out, verbose=verbose, progress=progress, lock=lock))
+
+
+def _resume_lock(run_dir, given: dict):
+    """The held lock of a run to resume, or None for a multi-worker run (every worker
+    resumes it; only the chief takes the lock, once TensorFlow says which it is)."""
+    from tfvae.runs.layout import RunLock
+    from tfvae.runs.store import load_config
+
+    strategy = given.get("strategy") or load_config(run_dir).strategy
+    if strategy == "multiworker":
+        RunLock.check_free(run_dir)
+        return None
+    return RunLock(run_dir).acquire()
 
 
 def _evaluation_progress():
@@ -114,18 +133,23 @@ def _evaluation_progress():
 _OWN_PROCESS = False
 
 
-def _library_train(*args, **kwargs):
+def _library_train(*args, lock=None, **kwargs):
     try:
         from tfvae.training import train as train_run  # TensorFlow loads here
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted while TensorFlow loaded; nothing was written") from None
+    except BaseException as exc:
+        if lock is not None:
+            lock.abandon()  # a new run directory made for nothing is removed
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted("interrupted while TensorFlow loaded; nothing was written") \
+                from None
+        raise
 
     if _OWN_PROCESS:
         # The objects TensorFlow and the library make at import live as long as
         # the command: frozen, they leave the cyclic collector's full passes
         # during training, which would walk them all again and again.
         gc.freeze()
-    return train_run(*args, **kwargs)
+    return train_run(*args, lock=lock, **kwargs)  # which releases the lock
 
 
 def _report(run):
@@ -149,6 +173,10 @@ cli.add_command(diagnose)
 
 
 def main():
+    # SIGTERM stops the command as Ctrl-C does, from the start: while TensorFlow loads
+    # too, with what was kept and exit code 130 (a handler set to ignore it is kept).
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     # TensorFlow turns its oneDNN kernels on by default only on some Intel CPUs;
     # on the others (AMD's, for one) they make convolutions and the evaluation's
     # matrix products faster (benchmarks/user_fit.py). The variable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import click
@@ -10,6 +11,11 @@ from tfvae_cli.common import CONTEXT, handle_errors
 
 BACKENDS = ("keras", "savedmodel", "tflite")
 PRECISIONS = ("float32", "float16", "int8")
+#: Most images one PNG grid shows (more would be too small to see); a .npy takes any number.
+MAX_GRID = 1024
+#: Image values made per step: samples are decoded a chunk at a time and a .npy written
+#: chunk by chunk, so memory holds the noise and one chunk, whatever --n.
+CHUNK_VALUES = 1 << 22
 
 
 @click.command(context_settings=CONTEXT)
@@ -61,30 +67,35 @@ def sample(run_dir, n, out, seed, backend, precision, pixels, checkpoint, no_ver
         raise click.ClickException(f"--out must end in .png or .npy, got {out!r}")
     if n <= 0:
         raise click.ClickException(f"--n must be a positive integer, got {n}")
+    if suffix == ".png" and n > MAX_GRID:
+        raise click.ClickException(f"a .png grid shows at most {MAX_GRID} samples; write "
+                                   f"--n {n} samples to a .npy file instead")
     if os.path.exists(out) and not overwrite:
         raise click.ClickException(f"{out} exists; pass --overwrite to replace it")
+    from tfvae.config import check_seed
     from tfvae.export.manifest import is_export_dir
+
+    check_seed(seed)
 
     if pixels and backend not in (None, "keras"):
         raise click.ClickException("--pixels draws from the run's Keras model: leave out "
                                    f"--backend {backend} (exports compute the mean image)")
-    if is_export_dir(run_dir):
-        if pixels:
-            raise click.ClickException(f"{run_dir} is an export: --pixels needs the run "
-                                       "directory (exports compute the mean image)")
-        source = click.get_current_context().get_parameter_source("checkpoint")
-        if source is not ParameterSource.DEFAULT:
-            _refuse_checkpoint(run_dir, checkpoint)
-        images, image_shape = _from_export(run_dir, n, seed, backend, precision, not no_verify)
-        levels = None
-    else:
-        images, image_shape, levels = _from_run(run_dir, n, seed, backend, precision, pixels,
-                                                checkpoint)
-    folder = os.path.dirname(out)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    _write(out, suffix, images, image_shape, levels)
-    click.echo(f"wrote {n} samples to {out}")
+    with contextlib.ExitStack() as stack:
+        if is_export_dir(run_dir):
+            if pixels:
+                raise click.ClickException(f"{run_dir} is an export: --pixels needs the run "
+                                           "directory (exports compute the mean image)")
+            source = click.get_current_context().get_parameter_source("checkpoint")
+            if source is not ParameterSource.DEFAULT:
+                _refuse_checkpoint(run_dir, checkpoint)
+            sampler = _from_export(run_dir, seed, backend, precision, not no_verify)
+        else:
+            sampler = _from_run(run_dir, seed, backend, precision, pixels, checkpoint, stack)
+        folder = os.path.dirname(out)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        _write(out, suffix, n, seed, *sampler)
+    click.echo(f"wrote {n} samples to {click.format_filename(out)}")
 
 
 def _refuse_checkpoint(path, checkpoint):
@@ -100,8 +111,10 @@ def _refuse_checkpoint(path, checkpoint):
     )
 
 
-def _from_export(path, n, seed, backend, precision, verify):
+def _from_export(path, seed, backend, precision, verify):
+    """``(noise inputs, generate(noise, chunk) -> images, image shape, levels)`` of an export."""
     from tfvae.export import ExportDir
+    from tfvae.export.export_dir import noise_inputs
 
     if backend == "keras":
         raise click.ClickException(
@@ -109,11 +122,16 @@ def _from_export(path, n, seed, backend, precision, verify):
             "directory for keras"
         )
     exported = ExportDir(path, verify=verify)
-    images = exported.sample(n, seed, backend or "tflite", precision)
-    return images, tuple(exported.manifest["image_shape"])
+
+    def generate(noise, chunk):
+        return exported.run("sample", noise, backend or "tflite", precision)["image"]
+
+    return (noise_inputs(exported.manifest), generate,
+            tuple(exported.manifest["image_shape"]), None)
 
 
-def _from_run(run_dir, n, seed, backend, precision, pixels, checkpoint):
+def _from_run(run_dir, seed, backend, precision, pixels, checkpoint, stack):
+    """What :func:`_from_export` gives, for a run (exported to a temporary folder if asked)."""
     import tempfile
 
     from tfvae.runs.layout import check_run_dir
@@ -122,30 +140,102 @@ def _from_run(run_dir, n, seed, backend, precision, pixels, checkpoint):
     from tfvae.runs.store import load_model
 
     model, _ = load_model(run_dir, checkpoint)
+    model.check_ready()
     levels = model.likelihood_levels if pixels else None
     if backend in (None, "keras"):
-        return model.sample(n, seed=seed, pixels=pixels), model.image_shape, levels
+        from tfvae.runtime import stateless_seed
+
+        def generate(noise, chunk):
+            codes = model.codes_for(noise)
+            if not pixels:
+                return model.decode_mean(codes).numpy()
+            # The first chunk draws as model.sample(n, seed, pixels=True) does (salt 3).
+            draw_seed = stateless_seed(seed, 3 + 2 * chunk)
+            return model.decode(codes).sample(seed=draw_seed).numpy().astype("float32")
+
+        return model.noise_inputs(), generate, model.image_shape, levels
     from tfvae.export import ExportDir, export
 
-    with tempfile.TemporaryDirectory(prefix="tfvae-sample-") as tmp:
-        folder = os.path.join(tmp, "export")
-        export(model, folder, formats="savedmodel" if backend == "savedmodel" else "tflite",
-               precisions=precision or "float32")
-        images = ExportDir(folder).sample(n, seed, backend, precision)
-    return images, model.image_shape, levels
+    folder = os.path.join(stack.enter_context(
+        tempfile.TemporaryDirectory(prefix="tfvae-sample-")), "export")
+    export(model, folder, formats="savedmodel" if backend == "savedmodel" else "tflite",
+           precisions=precision or "float32")
+    exported = ExportDir(folder)
+
+    def generate(noise, chunk):
+        return exported.run("sample", noise, backend, precision)["image"]
+
+    return model.noise_inputs(), generate, model.image_shape, levels
 
 
-def _write(out, suffix, images, image_shape, levels=None):
+def _write(out, suffix, n, seed, inputs, generate, image_shape, levels=None):
+    """Draws the noise, then decodes and writes the samples a chunk at a time."""
+    import math
+
     import numpy as np
 
+    from tfvae import budget
+    from tfvae.sampler_noise import draw
+
+    budget.check_sample(n, sum(math.prod(spec.shape) for spec in inputs), "--n")
+    width = math.prod(image_shape)
+    dtype = np.dtype(np.float32 if not levels or levels <= 2 else
+                     np.uint8 if levels <= 256 else np.int32)
     if suffix == ".npy":
-        if levels and levels > 2:  # pixel draws on the grid: the integers themselves
-            images = np.rint(np.asarray(images) * (levels - 1)).astype(np.uint8 if levels <= 256
-                                                                      else np.int32)
-        else:
-            images = np.asarray(images, np.float32)
-        np.save(out, images, allow_pickle=False)
-    else:
+        _check_disk(out, n * width * dtype.itemsize)
+    noise = draw(inputs, n, seed)
+    rows = max(1, CHUNK_VALUES // width)
+    chunks = [(i, start, min(n, start + rows)) for i, start in enumerate(range(0, n, rows))]
+
+    def images(i, start, stop):
+        return np.asarray(generate({k: v[start:stop] for k, v in noise.items()}, i), np.float32)
+
+    if suffix == ".png":
         from tfvae.figures import save_grid
 
-        save_grid(out, images, image_shape)
+        save_grid(out, np.concatenate([images(*c) for c in chunks]), image_shape)
+        return
+
+    def rows_of(i, start, stop):  # pixel draws on the grid: the integers themselves
+        values = images(i, start, stop)
+        return values if dtype == np.float32 else np.rint(values * (levels - 1)).astype(dtype)
+
+    _write_npy(out, (n, width), dtype, chunks, rows_of)
+
+
+def _write_npy(out, shape, dtype, chunks, images):
+    """An .npy written chunk by chunk (its header, then each chunk's rows), renamed into place
+    when whole: memory holds one chunk, and a reader never sees half a file."""
+    import numpy as np
+
+    partial = os.path.join(os.path.dirname(out) or ".",
+                           f".{os.path.basename(out)}.{os.getpid()}.partial")
+    handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.lib.format.write_array_header_1_0(stream, {
+                "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                "shape": shape})
+            for chunk in chunks:
+                stream.write(np.ascontiguousarray(images(*chunk), dtype).tobytes())
+        os.replace(partial, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
+
+
+def _check_disk(out, nbytes):
+    import shutil
+
+    from tfvae import budget
+
+    folder = os.path.dirname(os.path.abspath(out))
+    while not os.path.isdir(folder):  # the folder of --out is created later
+        folder = os.path.dirname(folder)
+    free = shutil.disk_usage(folder).free
+    if nbytes > free:
+        raise click.ClickException(
+            f"{click.format_filename(out)} would take about {budget.gib(nbytes)}, and the disk "
+            f"holding {click.format_filename(folder)} has {budget.gib(free)} free: use a "
+            "smaller --n")

@@ -14,9 +14,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
+import os
 from typing import Any
 
-from tfvae import options
+from tfvae import budget, options
 from tfvae.errors import ConfigError
 
 # Config fields that describe the network (passed to every model constructor);
@@ -39,6 +41,21 @@ MODEL_FIELDS = (
 
 #: Fields a resumed run may change (``tfvae train --resume DIR --epochs N``).
 RESUMABLE_FIELDS = ("epochs", "strategy")
+
+#: Largest seed: stateless seeds are int32 pairs. Seeds derived from it
+#: (``seed + 1000 * epoch`` for a resumed run's data order, below ``2**32`` as
+#: numpy's legacy seeding needs) stay in range because epochs are bounded too.
+MAX_SEED = 2**31 - 1
+#: Most epochs a run may ask for.
+MAX_EPOCHS = 1_000_000
+#: Most importance samples per example (``--iwae-k``, ``--eval-k``, ``tfvae evaluate --k``)
+#: and samples per example of a multi-sample estimator (``--num-samples``).
+MAX_K = 100_000
+#: Most mixture components: of the codes' mixture (``--components``), each fitted to codes
+#: of its own, and of a logistic likelihood (``--obs-components``).
+MAX_COMPONENTS = 1000
+#: Most hidden layers per network, and most stochastic layers.
+MAX_LAYERS = 100
 
 
 def _option(default, help: str, *, choices=None, kind=None, flag=None, cli=True,
@@ -233,6 +250,9 @@ class Config:
         "[default: the first image's size].", kind="shape")
     image_shape: tuple[int, ...] | None = _option(
         None, "Height,width,channels of flat (N, D) rows [default: from the data].", kind="shape")
+    bad_images: str = _option(
+        "refuse", "What to do with images of a --data-dir folder that cannot be read or "
+        "decoded (checked before training).", choices=options.BAD_IMAGES)
     # Filled in from the data when the run starts.
     input_dim: int | None = _option(None, "Values per example (from the data).", cli=False)
     levels: int | None = _option(
@@ -268,6 +288,7 @@ class Config:
             _positive_int("val_size", self.val_size)
         if isinstance(self.eval_k, bool) or not isinstance(self.eval_k, int) or self.eval_k < 0:
             raise ConfigError(f"--eval-k must be an integer >= 0, got {self.eval_k!r}")
+        self._check_upper_bounds()
         if self.prior_lr is not None and not (_finite(self.prior_lr) and self.prior_lr > 0):
             raise ConfigError(f"--prior-lr must be a positive number, got {self.prior_lr!r}")
         if isinstance(self.kl_warmup, bool) or not isinstance(self.kl_warmup, int) \
@@ -275,8 +296,7 @@ class Config:
             raise ConfigError(
                 f"--kl-warmup must be an integer >= 0 (epochs), got {self.kl_warmup!r}"
             )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"--seed must be an integer >= 0, got {self.seed!r}")
+        self.seed = check_seed(self.seed)
         if not (_finite(self.lr) and self.lr > 0):
             raise ConfigError(f"--lr must be a positive number, got {self.lr!r}")
         if not (_finite(self.val_fraction) and 0.0 <= self.val_fraction < 1.0):
@@ -298,6 +318,29 @@ class Config:
                 f"got {self.num_samples}"
             )
         self.components = parse_components(self.components)
+        if self.tfds_data_dir is not None:
+            check_text_path(self.tfds_data_dir, "--tfds-data-dir")
+        budget.check_config(self)
+
+    def _check_upper_bounds(self) -> None:
+        """Sizes past which no run finishes, whatever the memory (ConfigError)."""
+        for name, most, why in (
+            ("epochs", MAX_EPOCHS, "epochs"),
+            ("iwae_k", MAX_K, "importance samples per example"),
+            ("eval_k", MAX_K, "importance samples per example"),
+            ("num_samples", MAX_K, "samples per example"),
+            ("obs_components", MAX_COMPONENTS, "mixture components"),
+            ("stochastic_layers", MAX_LAYERS, "stochastic layers"),
+        ):
+            value = getattr(self, name)
+            if value > most:
+                raise ConfigError(f"--{name.replace('_', '-')} {value} is more than tfvae "
+                                  f"supports ({most:,} {why}); use a smaller value")
+        for name in ("hidden", "decoder_hidden"):
+            sizes = getattr(self, name) or ()
+            if len(sizes) > MAX_LAYERS:
+                raise ConfigError(f"--{name.replace('_', '-')} gives {len(sizes)} layers, more "
+                                  f"than tfvae supports ({MAX_LAYERS})")
 
     def model_kwargs(self) -> dict[str, Any]:
         """Keyword arguments every model constructor takes (data fields must be set)."""
@@ -354,7 +397,36 @@ def parse_components(value) -> int | str:
             f"--components must be a positive integer or 'auto', got {value!r}"
         ) from None
     _positive_int("components", number)
+    if number > MAX_COMPONENTS:
+        raise ConfigError(f"--components {number} is more than tfvae fits ({MAX_COMPONENTS:,}); "
+                          "use fewer, or 'auto' to choose by BIC")
     return number
+
+
+def check_seed(seed, flag: str = "--seed") -> int:
+    """``seed`` as an int if it is an integer in ``[0, MAX_SEED]``; ConfigError otherwise."""
+    try:
+        value = None if isinstance(seed, bool) else operator.index(seed)
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"{flag} must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    return value
+
+
+def check_text_path(path, flag: str) -> str:
+    """``path`` as text if its name is valid UTF-8 (TensorFlow takes paths as text).
+
+    Raises:
+      ConfigError: naming the option and the path, its undecodable bytes escaped.
+    """
+    raw = os.fsencode(path)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        shown = raw.decode("utf-8", "backslashreplace")
+        raise ConfigError(f"{flag} {shown}: the name is not valid UTF-8, and TensorFlow takes "
+                          "file names as UTF-8 text; rename it or choose another path") from None
 
 
 def _positive_int(name: str, value: Any) -> None:

@@ -28,19 +28,22 @@ price of a higher peak memory; the default weighs the two.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 
 import numpy as np
 
+from tfvae import budget
+from tfvae.config import MAX_K, check_seed
 from tfvae.errors import ConfigError
 from tfvae.runtime import stateless_seed
 
 DEFAULT_K = 1000
-MAX_K = 100_000
 
 
-def _source(data, input_dim: int):
+def _source(data, model):
     """``(batches(size) -> iterator of arrays, n)`` for an array, Splits or a file split."""
+    input_dim = model.input_dim
     if hasattr(data, "test"):  # a tfvae.data.Splits or StreamSplits: its test split
         data = data.test
     if hasattr(data, "batches"):  # a tfvae.data.streams.FileSplit, read file by file
@@ -48,47 +51,70 @@ def _source(data, input_dim: int):
             raise ConfigError(f"data have {data.dim} values per example but the model expects "
                               f"{input_dim}; evaluate on data of the kind it was trained on")
         return data.batches, len(data)
-    x = np.asarray(data)
-    if x.ndim != 2:
-        x = x.reshape(len(x), -1)
-    if x.shape[1] != input_dim:
-        raise ConfigError(
-            f"data have {x.shape[1]} values per example but the model expects {input_dim}; "
-            "evaluate on data of the kind the model was trained on"
-        )
+    from tfvae.models import inputs
 
-    def batches(size):  # cast to float32 a batch at a time (uint8 bits stay compact)
+    x = data.numpy() if hasattr(data, "numpy") else np.asarray(data)
+    if x.ndim < 2:
+        raise ConfigError(f"data of shape {x.shape}: pass examples first, [n, D] or images")
+    x = x.reshape(len(x), inputs.example_width(model, x.shape[1:], "tfvae.evaluate"))
+
+    def batches(size):  # converted as fit converts, a batch at a time (uint8 stays compact)
         for start in range(0, len(x), size):
-            yield x[start:start + size].astype(np.float32, copy=False)
+            yield inputs.rows(model, x[start:start + size], "tfvae.evaluate")
 
     return batches, len(x)
 
 
-def check_k(k) -> int:
+def check_k(k, model=None, max_elements: int = budget.IWAE_CHUNK_VALUES) -> int:
+    """``k`` as an int if it is a valid number of importance samples (for ``model``:
+    if one chunk of its k-sample evaluation fits in memory); ConfigError otherwise."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ConfigError(f"k must be a positive integer (importance samples), got {k!r}")
     if k > MAX_K:
-        raise ConfigError(f"k={k} is more than tfvae supports ({MAX_K}); use a smaller --k")
+        raise ConfigError(f"k={k} is more than tfvae supports ({MAX_K}); use a smaller k")
+    if model is not None:  # before any work, not in the last chunk
+        budget.check_model_iwae(model, int(k), max_elements)
     return int(k)
 
 
+#: Per model (held weakly), its compiled evaluation functions by ``(k, traced state)``:
+#: repeated calls reuse them instead of tracing new ones.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
 def _functions(model, k: int):
-    """The compiled per-batch ELBO terms and per-chunk k-sample bound."""
+    """The compiled per-batch ELBO terms and per-chunk k-sample bound, cached per model.
+
+    The key holds the model's ``traced_state()``: Python values (a fitted
+    mixture, a proposal scale) the traces hold as constants, so refitting
+    them gives new functions. Any batch or chunk size reuses one trace.
+    """
+    cache = _COMPILED.setdefault(model, {})
+    key = (k, model.traced_state())
+    if key not in cache:
+        cache[key] = _compile(weakref.ref(model), model.input_dim, k)
+    return cache[key]
+
+
+def _compile(ref, input_dim: int, k: int):
+    # The functions reach the model through a weak reference: the cache's
+    # values must not keep its keys alive.
     from tfvae import objectives
     from tfvae._keras import tf
 
-    spec = tf.TensorSpec([None, model.input_dim], tf.float32)
+    spec = tf.TensorSpec([None, input_dim], tf.float32)
     seed = tf.TensorSpec([2], tf.int32)
 
     @tf.function(input_signature=[spec, seed], reduce_retracing=True, autograph=False)
     def elbo(xb, s):
+        model = ref()
         terms = model.elbo_terms(xb, seed=s)
         return terms["reconstruction"], terms["kl"], model.posterior_mean(xb), \
             model.kl_per_dim(xb)
 
     @tf.function(input_signature=[spec, seed], reduce_retracing=True, autograph=False)
     def bound(xb, s):
-        return objectives.iwae_bound(model.log_weights(xb, k, seed=s))
+        return objectives.iwae_bound(ref().log_weights(xb, k, seed=s))
 
     return elbo, bound
 
@@ -145,11 +171,11 @@ def evaluate(
       with discrete (or dequantized) data also ``bits_per_dim``,
       ``bits_per_dim_iwae`` and ``bits_per_dim_of`` (what the bits are of).
     """
-    k = check_k(k)
+    k, seed = check_k(k, model, max_elements), check_seed(seed, "seed")
     if isinstance(batch_size, bool) or int(batch_size) <= 0:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     model.check_ready()  # eagerly: a clear error rather than one from inside a trace
-    batches, n = _source(data, model.input_dim)
+    batches, n = _source(data, model)
     if n == 0:
         raise ConfigError("no examples to evaluate")
     progress = progress or (lambda phase, done, total: None)

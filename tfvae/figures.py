@@ -2,7 +2,9 @@
 
 matplotlib is imported only here, and only its object-oriented API with the
 Agg canvas is used, so no global backend is switched and nothing needs a
-screen.
+screen. Each figure is written to a new temporary file beside its path and
+renamed onto it (:func:`tfvae.files.atomic_path`): never through a link at
+the path, never half a figure under its name.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
+from tfvae import files
 
 
 def _figure(width: float, height: float):
@@ -19,6 +23,14 @@ def _figure(width: float, height: float):
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
+
+
+def _save(fig, path) -> Path:
+    """Writes ``fig`` to ``path`` (its format from the suffix, PNG without one), whole."""
+    path = Path(path)
+    with files.atomic_path(path) as tmp:
+        fig.savefig(str(tmp), format=path.suffix[1:].lower() or "png")
+    return path
 
 
 def _hwc(image_shape) -> tuple[int, int, int]:
@@ -58,8 +70,7 @@ def save_grid(path, images, image_shape, title: str | None = None, columns: int 
     if title:
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(str(path))
-    return Path(path)
+    return _save(fig, path)
 
 
 def save_reconstructions(path, originals, reconstructions, image_shape, n: int = 10):
@@ -84,8 +95,7 @@ def save_curves(path, history: list[dict]):
         ax.set_xlabel("epoch")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(str(path))
-    return Path(path)
+    return _save(fig, path)
 
 
 def save_manifold(path, decode_mean, image_shape, quantiles, n: int = 15):
@@ -147,8 +157,7 @@ def save_latent_scatter(path, codes, labels=None, title="test codes", ellipses=N
     ax.set_xlabel("z[0]")
     ax.set_ylabel("z[1]")
     fig.tight_layout()
-    fig.savefig(str(path))
-    return Path(path)
+    return _save(fig, path)
 
 
 def discrete_colours(classes: int):

@@ -2,12 +2,18 @@
 
 Every write goes through a temporary file in the same folder and an atomic
 rename, so a crash, a ``kill -9`` or a full disk never leaves a half-written
-file under the real name; a failed write removes its temporary file. A full
-disk (or quota) becomes a :class:`StorageError` that names the place and
-says what to do, instead of the raw ``OSError`` text. :func:`sha256` digests
-a whole file (run records and export manifests keep such digests), and
-:class:`FileLock` is the one inter-process lock. Only the standard library
-is used here.
+file under the real name; a failed write removes its temporary file. Nothing
+is written through a link: a temporary file is always a new one
+(``O_CREAT | O_EXCL | O_NOFOLLOW``) and its rename replaces a link at the real
+name rather than the link's target, and the lock file is opened with
+``O_NOFOLLOW`` and refused when it has another name. A full disk (or quota)
+becomes a :class:`StorageError` that names the place and says what to do,
+instead of the raw ``OSError`` text. :func:`read_json` reads a JSON file or
+says what is wrong with it (nesting too deep included); :func:`uninterrupted`
+holds Ctrl-C and SIGTERM back while a sequence of writes completes.
+:func:`sha256` digests a whole file (run records and export manifests keep
+such digests), and :class:`FileLock` is the one inter-process lock. Only the
+standard library is used here.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import signal
+import stat
+import threading
 from pathlib import Path
 
 from tfvae.errors import RunDirError, TfvaeError
@@ -26,22 +35,35 @@ from tfvae.errors import RunDirError, TfvaeError
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
-def _umask() -> int:
-    try:  # Linux says it without changing it
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere: read it by setting it back at once
-    os.umask(mask)
-    return mask
+#: Open flags that refuse a symbolic link as the last part of a path (where the
+#: platform has them) and keep the descriptor from child processes.
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-#: Mode of the files tfvae writes: what ``open`` gives under the process's umask
-#: (``mkstemp``, which makes the temporary file before its rename, gives 0600).
-_FILE_MODE = 0o666 & ~_umask()
+def link_refused(path, kind: str = "symbolic") -> RunDirError:
+    """The error for an entry tfvae would write that is a link (``symbolic`` or ``hard``)."""
+    return RunDirError(
+        f"{path} is a {kind} link: tfvae writes a run's files in place and never through a "
+        "link, which could replace a file elsewhere; remove the link (move what it points to "
+        "into its place if it belongs to the run) and try again"
+    )
+
+
+def _new_file(path: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """A new, empty file beside ``path``, open for writing: ``(descriptor, its path)``.
+
+    ``O_EXCL`` makes it here or fails, so nothing that already has the name
+    (a file, or a link to one) is opened; the mode is what ``open`` gives
+    under the process's umask.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW
+    for _ in range(100):
+        tmp = path.with_name(f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
 
 
 class StorageError(TfvaeError):
@@ -114,10 +136,8 @@ def atomic_write_bytes(path, content: bytes, durable: bool = True) -> None:
     durable one (and rewritten from it) can skip that wait.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_file(path, f".{path.name}.", ".tmp")
     try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, _FILE_MODE)  # mkstemp's 0600 -> what open() would give
         with os.fdopen(fd, "wb") as f:
             f.write(content)
             if durable:
@@ -147,11 +167,14 @@ def atomic_path(path):
     """Yields a temporary path beside ``path``; renames it onto ``path`` on success.
 
     For writers that want a file name rather than bytes (``save_weights``,
-    ``np.savez``). The temporary name keeps the real suffix, so format
-    detection by extension still works. On failure it is removed.
+    ``np.savez``, ``savefig``). The temporary file is made new and empty
+    before the writer opens it by name, so the writer never follows a link
+    someone left there; its name ends with the real one, so format detection
+    by extension still works. On failure it is removed.
     """
     path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    fd, tmp = _new_file(path, ".tmp-", f"-{path.name}")
+    os.close(fd)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -168,11 +191,45 @@ def read_json(path, what: str):
     path = Path(path)
     if not path.is_file():
         raise RunDirError(f"{path} is missing: the {what} cannot be read")
+    with open(path, "rb") as f:
+        content = f.read()
     try:
-        with open(path, "rb") as f:
-            return json.loads(f.read().decode())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{path} is corrupt ({what} is not valid JSON: {exc})") from None
+        return json.loads(content.decode())
+    except RecursionError:
+        reason = "nested too deeply"
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer too long
+        reason = str(exc)
+    raise RunDirError(f"{path} is corrupt (the {what} is not valid JSON: {reason})")
+
+
+@contextlib.contextmanager
+def uninterrupted(deliver: bool = True):
+    """Holds SIGINT (Ctrl-C) and SIGTERM back until the block ends.
+
+    For a sequence of writes that must all happen or none (the files of an
+    epoch and the record that names them): a signal that comes in the block
+    is delivered to the handler in place before it once the block ends, or
+    with ``deliver=False`` dropped (the process is stopping already). Signals
+    reach only the main thread: elsewhere, and for a signal whose handler
+    Python did not install, this does nothing.
+
+    Example:
+      >>> with uninterrupted():
+      ...     pass  # replace the weights, then write the record naming them
+    """
+    held, came = {}, []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not None:
+                held[sig] = signal.signal(sig, lambda signum, frame: came.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        if deliver:
+            for sig in dict.fromkeys(came):
+                signal.raise_signal(sig)
 
 
 def sha256(file) -> str:
@@ -206,8 +263,10 @@ class FileLock:
     (``kill -9`` included), so a stale lock cannot outlive its process; a
     second holder (another process, or another ``FileLock`` in this one) gets
     :class:`LockHeld` at once instead of waiting. The holder writes ``note``
-    into the file so that the refusal can say who holds it. On a platform
-    without ``flock`` the lock is not enforced.
+    into the file so that the refusal can say who holds it. The file is
+    opened without following a link and is refused (RunDirError) when it is
+    a link or not a plain file, so the note never lands in a file elsewhere.
+    On a platform without ``flock`` the lock is not enforced.
 
     Example:
       >>> with FileLock("runs/z2/.lock", note="tfvae process 1234"):
@@ -219,22 +278,57 @@ class FileLock:
         self.note = note
         self._file = None
 
+    def _open(self):
+        """The lock file, made if missing, never through a link and never truncated here."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | _NO_FOLLOW, 0o666)
+        except OSError:
+            if os.path.islink(self.path):  # O_NOFOLLOW's ELOOP (EMLINK on some systems)
+                raise link_refused(self.path) from None
+            if os.path.isdir(self.path):
+                raise RunDirError(f"{self.path} is a folder, not a lock file; remove it and "
+                                  "try again") from None
+            raise
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            if stat.S_ISREG(info.st_mode):  # another name of someone's file
+                raise link_refused(self.path, "hard")
+            raise RunDirError(f"{self.path} is not a plain file; remove it and try again")
+        return os.fdopen(fd, "r+")
+
+    def _still_named(self, handle) -> bool:
+        """Whether the path still names the file locked through ``handle`` (a holder that
+        ends may remove its lock file, and another process make a new one)."""
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(handle.fileno())
+        return (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
+
     def acquire(self) -> FileLock:
         if self._file is not None:  # held already
             return self
-        handle = open(self.path, "a+")  # noqa: SIM115 (held until release)
         try:
             import fcntl
         except ImportError:  # no flock on this platform: nothing to enforce
-            self._file = handle
+            self._file = self._open()
             return self
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            owner = handle.read().strip()
-            handle.close()
-            raise LockHeld(self.path, owner) from None
+        for _ in range(5):
+            handle = self._open()
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                owner = handle.read().strip()
+                handle.close()
+                raise LockHeld(self.path, owner) from None
+            if self._still_named(handle):
+                break
+            handle.close()  # locked a file removed meanwhile: lock the one named now
+        else:
+            raise LockHeld(self.path, "")
         handle.seek(0)
         handle.truncate()
         handle.write(f"{self.note}\n" if self.note else "")
@@ -264,10 +358,12 @@ class FileLock:
         try:
             import fcntl
 
-            handle = open(path)  # noqa: SIM115 (closed below)
-        except (ImportError, OSError):  # no flock here, or no lock file: nobody holds it
+            handle = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NO_FOLLOW))
+        except (ImportError, OSError):  # no flock here, no lock file, or a link: no holder
             return None
         with handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return None  # not a lock file tfvae made (acquire refuses it)
             try:  # shared: two probes do not refuse each other
                 fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
             except OSError:

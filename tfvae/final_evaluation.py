@@ -64,15 +64,21 @@ def finish_run(out: Path, config, splits, data_info: dict, figures: bool = True,
             "--obs-scale decoder", TfvaeWarning, stacklevel=2)
     files.atomic_write_json(out / layout.EVALUATION, results)
     if figures:
-        write_figures(out, model, splits, state.history)
+        with files.disk_errors(out, f"the figures in {layout.FIGURES}/"):
+            write_figures(out, model, splits, state.history)
     status = record.write_status(out, config, "completed", state, data=data_info, test=results)
     return Run(path=out, config=config, model=model, status=status, history=state.history)
 
 
 def write_figures(out: Path, model, splits, history) -> list[Path]:
-    """Reconstructions, prior samples, training curves, latent manifold/scatter."""
+    """Reconstructions, prior samples, training curves, latent manifold/scatter.
+
+    Each figure replaces its file whole (a temporary file and a rename), in a
+    ``figures/`` folder that is checked not to be a link.
+    """
     from tfvae import figures as fig
 
+    layout.check_entries(out)
     folder = out / layout.FIGURES
     folder.mkdir(exist_ok=True)
     shape = model.image_shape

@@ -104,6 +104,12 @@ ARCHS = {
     "conv": "strided convolutions down, transposed convolutions up",
 }
 
+#: ``--bad-images``: what to do with files of an image folder that cannot be read or decoded.
+BAD_IMAGES = {
+    "refuse": "stop before training, naming the files",
+    "skip": "leave them out, with a warning naming them",
+}
+
 #: ``--covariance``: Gaussian mixture covariance types (scikit-learn's).
 COVARIANCES = {
     "full": "one full covariance per component",

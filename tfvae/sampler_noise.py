@@ -16,13 +16,20 @@ seed. Only numpy is imported.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
+from tfvae import budget
+from tfvae.config import check_seed
 from tfvae.errors import ConfigError
 
 #: Distributions a noise input can have.
 DISTRIBUTIONS = ("normal", "uniform")
+#: Values drawn per numpy call: the noise is written into float32 arrays a piece at a
+#: time, never held whole in float64. Pieces drawn one after another from one
+#: generator are the values one call would give, so the noise does not depend on it.
+DRAW_PIECE = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +71,26 @@ def draw(inputs, n: int, seed: int | None = 0) -> dict[str, np.ndarray]:
     Args:
       inputs: a sequence of :class:`Noise`.
       n: number of samples.
-      seed: seed of ``numpy.random.default_rng``.
+      seed: seed of ``numpy.random.default_rng`` (0 to :data:`tfvae.config.MAX_SEED`),
+        or None for fresh noise.
+
+    Raises:
+      ConfigError: ``n`` or ``seed`` is not valid, or the noise cannot fit in memory.
     """
     n = positive_count(n)
+    if seed is not None:
+        seed = check_seed(seed, "seed")
+    inputs = tuple(inputs)
+    budget.check_sample(n, sum(math.prod(spec.shape) for spec in inputs), "n")
     rng = np.random.default_rng(seed)
     draws = {"normal": rng.standard_normal, "uniform": rng.random}
-    return {spec.name: draws[spec.distribution]((n, *spec.shape)).astype(np.float32)
-            for spec in inputs}
+    out = {}
+    for spec in inputs:
+        width = math.prod(spec.shape)
+        values = np.empty((n, width), np.float32)
+        rows = max(1, DRAW_PIECE // max(width, 1))
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            values[start:stop] = draws[spec.distribution]((stop - start, width))
+        out[spec.name] = values.reshape((n, *spec.shape))
+    return out

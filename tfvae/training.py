@@ -8,14 +8,14 @@ own loop.
 Ctrl-C and SIGTERM stop training at a clean point (after the step in
 progress; an epoch cut short is not recorded, one whose steps all ran is)
 and raise :class:`tfvae.errors.Interrupted`, whose message says what was
-kept and how to continue.
+kept and how to continue. Once a stop is under way, further signals are
+ignored, so that it records itself (``run.json`` says ``interrupted``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import shutil
 import signal
 import threading
 from collections.abc import Callable
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tfvae import distribute, files
-from tfvae.config import RESUMABLE_FIELDS, Config
+from tfvae import budget, distribute, files
+from tfvae.config import RESUMABLE_FIELDS, Config, check_text_path
 from tfvae.errors import ConfigError, Interrupted, RunDirError, TfvaeError
 from tfvae.final_evaluation import finish_run
 from tfvae.fused_blocks import is_block
@@ -132,10 +132,12 @@ class Session:
 
 
 class _Signals:
-    """While active: SIGINT/SIGTERM request a stop while fitting, raise Interrupted otherwise."""
+    """While active: SIGINT/SIGTERM request a stop while fitting, raise Interrupted otherwise;
+    once a stop is under way (``stopping``), they are ignored."""
 
     def __init__(self):
         self.fitting = None  # the StopOnRequest of the fit in progress
+        self.stopping = False
         self._old = {}
 
     def __enter__(self):
@@ -145,9 +147,12 @@ class _Signals:
         return self
 
     def _handle(self, signum, frame):
+        if self.stopping:  # a second Ctrl-C would cut short the writing of the final status
+            return
         if self.fitting is not None and not self.fitting.requested:
             self.fitting.request()  # a clean stop after the step in progress
             return
+        self.stopping = True
         raise Interrupted("interrupted")
 
     def __exit__(self, *exc):
@@ -193,6 +198,7 @@ def train(
     figures: bool = True,
     resume: str | Path | None = None,
     progress: Callable | None = None,
+    lock: layout.RunLock | None = None,
     **overrides,
 ) -> Run:
     """Trains a model as a Config says and writes a run directory.
@@ -211,6 +217,9 @@ def train(
         and ``strategy`` may be overridden. A run with no completed epoch
         starts again; a run interrupted during its final evaluation finishes it.
       progress: ``progress(phase, done, total)`` during the final evaluation.
+      lock: the run's :class:`tfvae.runs.RunLock`, held already (``tfvae train``
+        takes it before importing TensorFlow, to refuse a second writer at once);
+        released at the end, a new run's folder removed if the run never started.
 
     ``strategy="mirrored"`` trains on every local GPU and ``"multiworker"``
     on the cluster that ``TF_CONFIG`` describes (see :mod:`tfvae.distribute`);
@@ -233,91 +242,68 @@ def train(
                    progress=progress)
     if resume is not None:
         if config is not None or out is not None:
+            if lock is not None:
+                lock.release()
             raise ConfigError("a resumed run keeps its configuration and directory; "
                               "give only resume= (and epochs= or strategy=)")
-        return _resume(Path(resume), overrides, options)
+        return _resume(Path(resume), overrides, options, lock)
     config = dataclasses.replace(config or Config(), **overrides)
-    out = Path(out) if out is not None else layout.default_out(config.model)
-    return _new_run(config, out, options)
+    out = Path(check_text_path(out, "out")) if out is not None else \
+        layout.default_out(config.model)
+    return _new_run(config, out, options, lock)
 
 
-def _new_run(config: Config, out: Path, options: dict) -> Run:
-    if config.strategy != "multiworker":  # every worker of a cluster shares --out
-        layout.check_new_out(out)  # refuse early, before loading anything
-    with _Signals() as signals, _advice_on_interrupt(out, config):
-        strategy = distribute.make_strategy(config.strategy)
-        chief = distribute.is_chief(strategy)
-        dataset, splits = load_data(config)
-        lock = layout.create_run_dir(out) if chief else None
-        try:
+def _new_run(config: Config, out: Path, options: dict, lock=None) -> Run:
+    if lock is None and config.strategy != "multiworker":  # a cluster's workers share --out
+        lock = layout.create_run_dir(out)  # first: a second writer is refused at once
+    try:
+        with _Signals() as signals, _advice_on_interrupt(out, config):
+            strategy = distribute.make_strategy(config.strategy)
+            chief = distribute.is_chief(strategy)
+            dataset, splits = load_data(config)
+            budget.check_feasible(config, splits)  # before a model is built or a file written
+            if chief and lock is None:
+                lock = layout.create_run_dir(out)
             if chief:
                 files.atomic_write_text(out / layout.CONFIG, config.to_json() + "\n")
             session = Session(config, out, strategy, chief, splits,
                               data_info(dataset, splits), **options)
             return _run(session, signals)
-        finally:
-            if lock is not None:
-                lock.release()
+    finally:
+        if lock is not None:
+            lock.abandon()  # a run that never started leaves no folder; others are released
 
 
-def _check_resume(out: Path, config: Config, state, overrides) -> None:
-    """Refuses a resume that would do nothing, saying what to pass instead."""
-    if state is None or state.epoch < config.epochs:
-        return
-    asked = overrides.get("epochs")
-    if asked is not None and asked < state.epoch:
-        raise RunDirError(f"{out} has completed {state.epoch} epochs; --epochs {asked} is fewer: "
-                          f"pass --epochs above {state.epoch} to train longer")
-    finished = record.read_status(out).get("status") == "completed" and \
-        (out / layout.EVALUATION).is_file()
-    if finished:
-        raise RunDirError(f"{out} has completed all {state.epoch} epochs and its evaluation; "
-                          f"pass --epochs above {state.epoch} to train longer")
-
-
-def _resume(out: Path, overrides: dict, options: dict) -> Run:
-    unknown = sorted(set(overrides) - set(RESUMABLE_FIELDS))
-    if unknown:
-        raise ConfigError(
-            f"a resumed run keeps its configuration; only {' and '.join(RESUMABLE_FIELDS)} can "
-            f"change, got {unknown}"
-        )
-    layout.check_run_dir(out)
-    config = dataclasses.replace(load_config(out), **overrides)
-    with _Signals() as signals, _advice_on_interrupt(out, config):
-        lock = layout.RunLock(out).acquire() if config.strategy != "multiworker" else None
-        try:
+def _resume(out: Path, overrides: dict, options: dict, lock=None) -> Run:
+    try:
+        unknown = sorted(set(overrides) - set(RESUMABLE_FIELDS))
+        if unknown:
+            raise ConfigError(
+                f"a resumed run keeps its configuration; only {' and '.join(RESUMABLE_FIELDS)} "
+                f"can change, got {unknown}"
+            )
+        layout.check_run_dir(out)
+        config = dataclasses.replace(load_config(out), **overrides)
+        with _Signals() as signals, _advice_on_interrupt(out, config):
+            if lock is None and config.strategy != "multiworker":
+                lock = layout.RunLock(out).acquire()
+            layout.check_entries(out, family(config.model).extra_files)  # before any write
             state = record.read(out)  # validated before anything trusts it
-            _check_resume(out, config, state, overrides)
+            record.check_resume(out, config, state, overrides.get("epochs"))
             strategy = distribute.make_strategy(config.strategy)
             chief = distribute.is_chief(strategy)
             if lock is None and chief:
                 lock = layout.RunLock(out).acquire()
             if chief:
-                _prepare_resume(out, config, state)
+                record.prepare_resume(out, config, state)
             dataset, splits = load_data(config)
+            budget.check_feasible(config, splits)
             session = Session(config, out, strategy, chief, splits, data_info(dataset, splits),
                               previous=state, **options)
             return _run(session, signals)
-        finally:
-            if lock is not None:
-                lock.release()
-
-
-def _prepare_resume(out: Path, config: Config, state) -> None:
-    """Brings the derived files in line with the record before training goes on."""
-    files.atomic_write_text(out / layout.CONFIG, config.to_json() + "\n")
-    if state is None:
-        # No completed epoch: nothing to keep but the configuration; start again.
-        for name in (layout.TENSORBOARD, f"{layout.CHECKPOINTS}/{layout.STATE}"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        for name in (layout.METRICS_CSV, layout.METRICS_JSON, layout.STATUS):
-            with contextlib.suppress(FileNotFoundError):
-                (out / name).unlink()
-        (out / layout.CHECKPOINTS).mkdir(exist_ok=True)
-        return
-    record.write_metrics(out, state.history)
-    record.write_status(out, config, "training", state)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 # ------------------------------------------------------------------ running
@@ -336,10 +322,12 @@ def _run(session: Session, signals: _Signals) -> Run:
                           model=model if config.strategy == "default" else None,
                           progress=session.progress)
     except KeyboardInterrupt:
+        signals.stopping = True
         if session.chief:
             _set_status(session, "interrupted")
         raise
     except (TrainingError, files.StorageError) as exc:
+        signals.stopping = True
         if session.chief:
             _set_status(session, "failed")
         raise files.advised(exc, f"resume with `tfvae train --resume {out}`") from None
@@ -396,6 +384,7 @@ def _fit(session: Session, signals: _Signals):
     finally:
         signals.fitting = None
     if stop.requested:
+        signals.stopping = True
         raise KeyboardInterrupt
     if guard.where is not None:
         raise TrainingError(_non_finite_message(session, guard.where, callbacks))

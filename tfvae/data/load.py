@@ -21,6 +21,7 @@ def load_dataset(
     tfds_data_dir: str | os.PathLike | None = None,
     reachability_timeout: float = 3.0,
     image_size=None,
+    bad_images: str = "refuse",
 ) -> DataSet | FolderDataSet:
     """Loads a data set by name or from a path.
 
@@ -38,6 +39,9 @@ def load_dataset(
             failing when a TFDS data set is not prepared locally.
         image_size: ``(H, W)`` images of a folder are resized to (default:
             the first image's size).
+        bad_images: what to do with files of a folder that cannot be read or
+            decoded (every file is checked here): ``"refuse"`` (a DataError
+            naming them) or ``"skip"`` (left out, with a warning).
 
     Returns:
         The :class:`DataSet`.
@@ -54,7 +58,7 @@ def load_dataset(
     if data_dir is not None:
         path = Path(os.fspath(data_dir)).expanduser()
         if path.is_dir() and not sources.has_idx_files(path) and folders.is_image_folder(path):
-            return folders.load_folder(path, image_size)
+            return folders.load_folder(path, image_size, bad_images)
         return sources.load_path(path)
     if name is None or name == sources.EMBEDDED:
         return sources.load_embedded()

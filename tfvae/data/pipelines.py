@@ -41,7 +41,7 @@ def _check(x, mode: str, batch_size, levels) -> modes.Mode:
     if batch_size > n:
         raise ConfigError(
             f"batch size {batch_size} is larger than the {n} training examples; "
-            f"use --batch-size <= {n}"
+            f"use batch_size <= {n} (--batch-size)"
         )
     if mode == "dequantize" and not levels:
         raise ConfigError("dequantize needs discrete data (levels), got levels=None")

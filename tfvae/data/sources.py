@@ -13,6 +13,7 @@ import gzip
 import lzma
 import math
 import struct
+import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,7 @@ def check_path(path) -> Path:
     if not path.exists():
         raise DataError(
             f"data path {path} does not exist; give a directory of MNIST-format IDX .gz "
-            "files, a .npz or a .npy file"
+            "files, a folder of PNG/JPEG images, a .npz or a .npy file"
         )
     return path
 
@@ -244,16 +245,50 @@ def _load_idx_dir(path: Path) -> DataSet:
     return from_arrays(str(path), x_train, x_test, y_train, y_test)
 
 
+#: The first byte of a pickle (protocol 2 and later).
+_PICKLE_OPCODE = b"\x80"
+
+
+def _stored_dtype(stream) -> np.dtype | None:
+    """The dtype an ``.npy`` stream's header declares, or None without a readable header."""
+    try:
+        major, _ = np.lib.format.read_magic(stream)
+        read = {1: np.lib.format.read_array_header_1_0,
+                2: np.lib.format.read_array_header_2_0}.get(major)
+        return None if read is None else read(stream)[2]
+    except (ValueError, OSError, EOFError):
+        return None
+
+
+def _unloadable(source: str, stream, error: Exception) -> DataError:
+    """Why an ``.npy`` array (a file, or a member of an ``.npz``) did not load."""
+    dtype = _stored_dtype(stream)
+    if dtype is not None and dtype.hasobject:
+        return DataError(f"{source} holds a pickled/object array; tfvae never unpickles data: "
+                         "save plain numeric arrays")
+    stream.seek(0)
+    start = stream.read(len(np.lib.format.MAGIC_PREFIX))
+    if dtype is not None or start == np.lib.format.MAGIC_PREFIX:
+        return DataError(f"{source} is truncated or damaged ({error}); write it again with "
+                         "numpy.save or numpy.savez")
+    if start[:1] == _PICKLE_OPCODE:
+        return DataError(f"{source} is a pickle, not a NumPy array file; tfvae never unpickles "
+                         "data: save plain numeric arrays with numpy.save")
+    return DataError(f"{source} is not a NumPy .npy array: it does not start with the .npy "
+                     "header")
+
+
 def _np_load(path: Path):
     try:
         # allow_pickle=False: an object array is refused, never unpickled.
         return np.load(path, allow_pickle=False)
     except ValueError as e:
-        raise DataError(
-            f"{path} holds a pickled/object array ({e}); tfvae never unpickles data: "
-            "save plain numeric arrays"
-        ) from e
-    except Exception as e:  # zipfile/OSError/EOFError/...: all "unreadable"
+        with open(path, "rb") as stream:
+            raise _unloadable(str(path), stream, e) from e
+    except zipfile.BadZipFile as e:
+        raise DataError(f"{path} is truncated or damaged ({e}); write it again with "
+                        "numpy.savez") from e
+    except Exception as e:  # OSError/EOFError/...: all "unreadable"
         raise DataError(f"cannot read {path}: {e}") from e
 
 
@@ -273,10 +308,8 @@ def _load_npz(path: Path) -> DataSet:
                 try:
                     arrays[key] = archive[key]
                 except ValueError as e:
-                    raise DataError(
-                        f"{path}: array {key!r} is a pickled/object array ({e}); tfvae "
-                        "never unpickles data: save plain numeric arrays"
-                    ) from e
+                    with archive.zip.open(f"{key}.npy") as stream:
+                        raise _unloadable(f"{path}: array {key!r}", stream, e) from e
                 except Exception as e:  # corrupt member
                     raise DataError(f"cannot read array {key!r} of {path}: {e}") from e
     return from_arrays(

@@ -239,8 +239,7 @@ def prepare(
         val_fraction: Fraction in [0, 1) of training rows held out for validation,
             chosen by ``default_rng(seed + 12345).permutation``; 0 for none.
         seed: Seed of the validation subset.
-        val_size: see :func:`validation_rows`.
-        val_order: see :func:`validation_rows`.
+        val_size, val_order: see :func:`validation_rows`.
 
     Returns:
         The :class:`Splits` (or :class:`tfvae.data.StreamSplits`).

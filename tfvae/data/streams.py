@@ -11,11 +11,12 @@ every time they are read), as the fixed splits of arrays do.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from tfvae.data import modes
+from tfvae.data import image_checks, modes
 from tfvae.data.folders import FolderDataSet
 from tfvae.errors import ConfigError
 
@@ -24,14 +25,17 @@ _AUTOTUNE = -1
 
 
 def _decoder(image_shape):
-    """``path -> uint8 [D]``: read, decode, centre-crop to the aspect ratio, resize."""
+    """``path -> uint8 [D]``: read, decode, centre-crop to the aspect ratio, resize.
+
+    :func:`tfvae.data.image_checks.find_bad` checked every file against the
+    same decoding and cropping when the folder was loaded.
+    """
     from tfvae._keras import tf
 
     height, width, channels = image_shape
 
     def load(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
-                                   expand_animations=False)
+        image = image_checks.decode(path, channels)
         shape = tf.cast(tf.shape(image)[:2], tf.float32)
         scale = tf.minimum(shape[0] / height, shape[1] / width)
         crop = tf.cast(tf.round(tf.constant([height, width], tf.float32) * scale), tf.int32)
@@ -77,7 +81,8 @@ class FileSplit:
         from tfvae._keras import tf
 
         spec = modes.MODES[self.mode]
-        files = tf.data.Dataset.from_tensor_slices(list(self.files))
+        # As bytes: a file name need not be valid UTF-8.
+        files = tf.data.Dataset.from_tensor_slices([os.fsencode(f) for f in self.files])
         if shuffle:
             files = files.shuffle(len(self.files), seed=seed, reshuffle_each_iteration=True)
         if repeat:

@@ -6,6 +6,7 @@ an export; the model classes are not.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -19,10 +20,37 @@ from tfvae.export.manifest import (
     SIGNATURES,
     ExportError,
     read_manifest,
-    verify_files,
+    unlisted_files,
 )
+from tfvae.files import sha256
 
 BACKENDS = ("savedmodel", "tflite")
+
+
+def verify_files(path: Path, manifest: dict) -> None:
+    """Raises ExportError naming the first listed file that is missing or changed."""
+    for name, entry in manifest["files"].items():
+        file = path / name
+        if not file.is_file():
+            raise ExportError(f"{file} is listed in the manifest but missing; re-export the run")
+        if os.path.getsize(file) != entry["bytes"] or sha256(file) != entry["sha256"]:
+            raise _changed(file)
+
+
+def _changed(file) -> ExportError:
+    return ExportError(
+        f"{file} does not match its sha256 in the manifest: the file was changed or "
+        "damaged after export; re-export the run (or pass verify=False / --no-verify "
+        "to run it anyway)"
+    )
+
+
+def _described(shape, dtype) -> str:
+    return f"[{', '.join('n' if s in (-1, None) else str(s) for s in shape)}] {dtype}"
+
+
+def _table(specs: dict) -> str:
+    return ", ".join(f"{k} {_described(*v)}" for k, v in sorted(specs.items()))
 
 
 def noise_inputs(source) -> tuple[noise_lib.Noise, ...]:
@@ -61,9 +89,21 @@ def sample_from_noise(model, inputs: dict) -> np.ndarray:
 class ExportDir:
     """An export directory, run through its SavedModel or its LiteRT files.
 
-    Every file is checked against the manifest's sha256 before anything runs
-    (``verify=False`` skips that), and every output against the manifest's
-    shapes.
+    What runs is checked before it runs:
+
+    - the manifest (:func:`~tfvae.export.manifest.read_manifest`): every file
+      it names is inside the directory and listed with a SHA-256, and its
+      shapes agree with each other (always, whatever ``verify`` says);
+    - every file against its SHA-256 (``verify=False`` skips only this); a
+      LiteRT file is digested again as it is loaded, and the SavedModel
+      folder may hold no file the manifest does not list;
+    - each model file's own signature (input and output names, shapes,
+      dtypes) against the manifest's, when it is loaded;
+    - each call's inputs against that signature (names, rank, sizes, a
+      numeric dtype, one batch size for all), and its outputs after.
+
+    Anything that does not fit raises :class:`ExportError` (or
+    :class:`tfvae.errors.RunDirError` for the manifest) saying what.
 
     Args:
       path: the export directory.
@@ -79,6 +119,7 @@ class ExportDir:
     def __init__(self, path, verify: bool = True):
         self.path = Path(path)
         self.manifest = read_manifest(self.path)
+        self.verified = verify
         self._saved = None
         self._lite: dict = {}
         if verify:
@@ -114,24 +155,100 @@ class ExportDir:
             precision: str | None = None, num_threads: int | None = None) -> dict:
         """Runs one signature on numpy inputs; returns ``{output name: array}``.
 
-        ``precision`` None takes the most precise LiteRT file the export holds.
+        Args:
+          signature: ``decode``, ``sample`` or ``encode``.
+          inputs: ``{input name: array [n, ...]}`` as the manifest's signature
+            declares them (:func:`draw_noise` gives the sampler's); numbers
+            of any dtype, run as float32.
+          backend: ``tflite`` or ``savedmodel``.
+          precision: LiteRT file to run; None takes the most precise one the export holds.
+          num_threads: LiteRT interpreter threads (None: LiteRT's default).
+
+        Raises:
+          ExportError: an input's names, shape or dtype do not fit the model, or a model
+            file does not match the manifest.
         """
         if signature not in SIGNATURES:
             raise ExportError(f"unknown signature {signature!r}; choose {', '.join(SIGNATURES)}")
+        if backend not in BACKENDS:
+            raise ExportError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+        inputs = self._checked_inputs(signature, inputs)
         if backend == "savedmodel":
             result = self._run_saved(signature, inputs)
-        elif backend == "tflite":
-            from tfvae.export.litert import LiteRTModel
-
-            name = self._lite_file(signature, precision)
-            key = (name, num_threads)
-            if key not in self._lite:
-                self._lite[key] = LiteRTModel(self.path / name, num_threads=num_threads)
-            result = self._lite[key](**inputs)
         else:
-            raise ExportError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+            result = self._lite_model(signature, precision, num_threads)(**inputs)
         self._check_outputs(signature, result)
         return result
+
+    def _checked_inputs(self, signature: str, inputs) -> dict[str, np.ndarray]:
+        """The inputs as float32 arrays, or ExportError naming the one that does not fit."""
+        declared = self.manifest["signatures"][signature]["inputs"]
+        if not isinstance(inputs, dict) or set(inputs) != set(declared):
+            got = sorted(inputs) if isinstance(inputs, dict) else type(inputs).__name__
+            raise ExportError(f"{signature!r} takes the inputs {sorted(declared)}, got {got}")
+        arrays = {}
+        for name, spec in declared.items():
+            try:
+                value = np.asarray(inputs[name])
+            except (TypeError, ValueError) as exc:
+                raise ExportError(f"input {name!r} of {signature!r} is not an array: "
+                                  f"{exc}") from None
+            want = _described(spec["shape"], "float32")
+            if value.dtype.kind not in "biuf":
+                raise ExportError(f"input {name!r} of {signature!r} holds {value.dtype} values; "
+                                  f"the model takes {want} numbers")
+            if value.ndim != len(spec["shape"]) or list(value.shape[1:]) != spec["shape"][1:]:
+                raise ExportError(
+                    f"input {name!r} of {signature!r} has shape {list(value.shape)}, but the model "
+                    f"takes {want} (n rows); give an array of that shape")
+            arrays[name] = np.ascontiguousarray(value, np.float32)
+        batches = {k: a.shape[0] for k, a in arrays.items()}
+        if len(set(batches.values())) > 1 or 0 in batches.values():
+            raise ExportError(f"the inputs of {signature!r} must have one batch size, at least 1: "
+                              f"got {batches}")
+        return arrays
+
+    def _check_signature(self, signature: str, what: str, inputs: dict, outputs: dict) -> None:
+        """``inputs``, ``outputs``: ``{name: (shape, dtype)}`` of a model file, or ExportError."""
+        io = self.manifest["signatures"][signature]
+        for side, found in (("inputs", inputs), ("outputs", outputs)):
+            declared = {k: ([-1 if s is None else s for s in v["shape"]], "float32")
+                        for k, v in io[side].items()}
+            found = {k: ([-1 if s is None else int(s) for s in shape], dtype)
+                     for k, (shape, dtype) in found.items()}
+            if found != declared:
+                raise ExportError(
+                    f"{self.path}: {what} has the {side} {_table(found)}, but the manifest "
+                    f"declares {_table(declared)} for {signature!r}: the manifest does not "
+                    "describe these files; re-export the run")
+
+    def _lite_model(self, signature: str, precision: str | None, num_threads: int | None):
+        """The LiteRT file of a signature, loaded once, checked against the manifest."""
+        from tfvae.export.litert import LiteRTModel
+
+        name = self._lite_file(signature, precision)
+        key = (name, num_threads)
+        if key not in self._lite:
+            content = (self.path / name).read_bytes()
+            entry = self.manifest["files"][name]
+            if self.verified and (len(content) != entry["bytes"] or
+                                  hashlib.sha256(content).hexdigest() != entry["sha256"]):
+                raise _changed(self.path / name)  # changed since verify()
+            try:
+                model = LiteRTModel(content, num_threads=num_threads)
+            except (ValueError, RuntimeError) as exc:  # not a model the interpreter reads
+                raise ExportError(f"{self.path / name} is not a LiteRT model ({exc}); "
+                                  "re-export the run") from None
+            if model.signature != signature:
+                raise ExportError(f"{self.path / name} holds the {model.signature!r} signature, "
+                                  f"not {signature!r}: re-export the run")
+            runner = model.interpreter.get_signature_runner(model.signature)
+            self._check_signature(signature, name, *(
+                {k: (list(d["shape_signature"]), np.dtype(d["dtype"]).name)
+                 for k, d in details.items()}
+                for details in (runner.get_input_details(), runner.get_output_details())))
+            self._lite[key] = model
+        return self._lite[key]
 
     def _check_outputs(self, signature: str, result: dict) -> None:
         declared = self.manifest["signatures"][signature]["outputs"]
@@ -154,9 +271,29 @@ class ExportDir:
                 "--format savedmodel`"
             )
         if self._saved is None:
-            self._saved = tf.saved_model.load(str(self.path / SAVED_MODEL))
+            folder = self.path / SAVED_MODEL
+            if folder.is_symlink() or not folder.is_dir():
+                raise ExportError(f"{folder} is not a folder of the export; re-export the run")
+            unlisted = unlisted_files(self.path, self.manifest, SAVED_MODEL)
+            if unlisted:  # TensorFlow would read them too
+                raise ExportError(f"{folder} holds files its manifest does not list: "
+                                  f"{', '.join(unlisted[:8])}; re-export the run")
+            try:
+                saved = tf.saved_model.load(str(folder))
+            except Exception as exc:  # TensorFlow's own errors: a damaged or foreign SavedModel
+                raise ExportError(f"{folder} cannot be loaded ({type(exc).__name__}: "
+                                  f"{str(exc)[:300]}); re-export the run") from None
+            for name in SIGNATURES:
+                if name not in saved.signatures:
+                    raise ExportError(f"{folder} has no {name!r} signature; re-export the run")
+                fn = saved.signatures[name]
+                self._check_signature(name, SAVED_MODEL, *(
+                    {k: (spec.shape.as_list() if spec.shape.rank else [], spec.dtype.name)
+                     for k, spec in table.items()}
+                    for table in (fn.structured_input_signature[1], fn.structured_outputs)))
+            self._saved = saved
         fn = self._saved.signatures[signature]
-        result = fn(**{k: tf.constant(np.asarray(v, np.float32)) for k, v in inputs.items()})
+        result = fn(**{k: tf.constant(v) for k, v in inputs.items()})
         return {k: v.numpy() for k, v in result.items()}
 
     def sample(self, n: int, seed: int | None = 0, backend: str = "tflite",

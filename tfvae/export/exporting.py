@@ -1,23 +1,27 @@
 """Writing an export: SavedModel, LiteRT files and the manifest, checked, then moved in.
 
 Everything is built in a staging folder beside ``out`` and moved in only
-when every file passed its checks, so a failed or interrupted export (a full
-disk included) leaves ``out`` as it was.
+when every file passed its checks (:class:`~tfvae.export.manifest.Staging`),
+so a failed or interrupted export (a full disk, Ctrl-C, SIGTERM, ``kill -9``)
+leaves ``out`` as it was, and a second export into ``out`` is refused while
+one runs. Ctrl-C and SIGTERM stop an export at its next step at the latest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
-import os
 import shutil
-import tempfile
+import signal
+import threading
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from tfvae import files
+from tfvae.errors import Interrupted
 from tfvae.export import litert
 from tfvae.export.manifest import (
     FORMAT,
@@ -29,10 +33,11 @@ from tfvae.export.manifest import (
     SIGNATURES,
     STEMS,
     ExportError,
+    Staging,
     as_tuple,
     check_out,
     file_table,
-    remove_previous,
+    read_manifest,
     tflite_name,
 )
 from tfvae.runtime import versions
@@ -63,40 +68,51 @@ def export(
         dynamic range.
       run_info: ``{"config": ..., "evaluation": ..., "data": ..., "run": ...}`` for the manifest.
       overwrite: replace a previous export in ``out``.
-      seed: seed of the random inputs the converted files are checked on.
+      seed: seed of the inputs the converted files are checked on (see
+        :func:`check_inputs`); full-integer calibration draws with ``seed + 1``.
 
     Returns:
       The manifest (also written to ``out/manifest.json``).
 
     Raises:
-      ExportError: ``out`` is not usable, or a converted file has non-builtin
-        ops, is too small for its weights, or disagrees with the SavedModel.
+      ExportError: ``out`` is not usable (another export is writing it; it
+        holds files that are not an export's own), or a converted file has
+        non-builtin ops, is too small for its weights, or disagrees with the
+        SavedModel. ``out`` is then as it was.
       tfvae.files.StorageError: the disk is full (nothing is left behind).
+      tfvae.errors.Interrupted: Ctrl-C or SIGTERM; the message says what ``out`` holds.
     """
     formats = as_tuple(formats, FORMATS, "format")
     precisions = as_tuple(precisions, PRECISIONS, "precision")
     out = check_out(out, overwrite)
+    with _stopping(out) as stop:
+        staging = Staging(out, overwrite)
+        try:
+            with files.disk_errors(out.parent, f"the export {out}"):
+                manifest = _build(staging.open().folder, model, formats, precisions,
+                                  representative, run_info, seed)
+                with stop.shielded():
+                    staging.commit()
+        finally:
+            with stop.shielded():
+                staging.close()
+        if stop.requested:  # a signal during the swap: the export is whole, but say so
+            raise Interrupted(f"interrupted as the export finished: {out} holds the new export")
+    return manifest
+
+
+def _build(stage, model, formats, precisions, representative, run_info, seed) -> dict:
+    """Writes the export's files and manifest in ``stage``, checked; returns the manifest."""
     from tfvae.export.graph import export_module, signature_io
 
     module, info = export_module(model)
     io = signature_io(module, info)
-    parent = out.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=parent))
-    try:
-        with files.disk_errors(parent, f"the export {out}"):
-            int8_mode = _write_files(stage, model, module, io, formats, precisions,
-                                     representative, seed)
-            manifest = _manifest(model, info, io, formats, precisions, int8_mode, run_info,
-                                 stage)
-            (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            if out.exists() and any(out.iterdir()):
-                remove_previous(out)
-            out.mkdir(parents=True, exist_ok=True)
-            for item in stage.iterdir():
-                os.replace(item, out / item.name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    int8_mode = _write_files(stage, model, module, io, formats, precisions, representative, seed)
+    _stop_point()
+    manifest = _manifest(model, info, io, formats, precisions, int8_mode, run_info, stage)
+    (stage / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    read_manifest(stage)  # what readers will check, checked before it replaces out
+    _stop_point()
     return manifest
 
 
@@ -110,14 +126,17 @@ def _write_files(stage, model, module, io, formats, precisions, representative, 
     int8_mode = None
     if "tflite" in formats:
         loaded = tf.saved_model.load(str(saved))
-        calibration = _calibration(model, module, representative, seed)
+        images = _representative_array(model, representative)
+        calibration = _calibration(model, module, images, seed)
         int8_mode = "full-integer" if calibration else "dynamic-range"
+        checks = check_inputs(model, io, images, seed)
         for signature in SIGNATURES:
-            inputs = litert.random_inputs(io[signature]["inputs"], 8, seed)
+            inputs = checks[signature]
             outputs = loaded.signatures[signature](
                 **{k: tf.constant(v) for k, v in inputs.items()})
             reference = {k: v.numpy() for k, v in outputs.items()}
             for precision in precisions:
+                _stop_point()
                 name = tflite_name(signature, precision)
                 rep = calibration.get(signature) if precision == "int8" else None
                 content = litert.convert(saved, signature, precision, rep)
@@ -130,24 +149,77 @@ def _write_files(stage, model, module, io, formats, precisions, representative, 
     return int8_mode
 
 
-def _calibration(model, module, representative, seed) -> dict:
-    """Calibration generators for full-integer int8, per signature ({} for dynamic range)."""
+#: Rows of each signature's inputs a converted file is checked on.
+CHECK_ROWS = 8
+#: Sampler draws full-integer calibration takes at least (noise costs no data):
+#: activation ranges are the extremes seen in calibration, and the more draws,
+#: the further into a sampler's tails they reach before clipping.
+CALIBRATION_DRAWS = 1000
+
+
+def _representative_array(model, representative) -> np.ndarray | None:
+    """The representative images as float32 ``[N, D]``, or None."""
     if representative is None:
-        return {}
+        return None
     images = np.asarray(representative, np.float32).reshape(-1, int(model.input_dim))
     if not len(images):
         raise ExportError("the representative data set is empty; give at least one image")
+    return images
+
+
+def sampler_codes(model, n: int, seed) -> np.ndarray:
+    """``n`` codes ``[n, latent]`` drawn as the model's sampler draws them (its prior).
+
+    Binary codes for the Bernoulli and SBN families, mixture codes for
+    ``ae-gmm``, N(0, I) codes for the Gaussian VAE: what a decoder meets in
+    generation.
+    """
+    return np.asarray(model.codes_for(model.draw_noise(n, seed)), np.float32)
+
+
+def check_inputs(model, io, images, seed) -> dict:
+    """Per signature, the inputs a converted file is checked on, as the files are used.
+
+    ``decode`` takes codes from the model's own sampler (:func:`sampler_codes`):
+    a decoder of binary codes is never fed Normal ones, which a full-integer
+    file, calibrated on binary codes, clips. ``sample`` takes the sampler's
+    noise. ``encode`` takes rows of the representative images when there are
+    some (a full-integer encoder is calibrated on them; uniform noise images
+    drive its activations outside the calibrated ranges), else uniform images.
+    """
+    rng = np.random.default_rng(seed)
+    if images is None:
+        encode = litert.random_inputs(io["encode"]["inputs"], CHECK_ROWS, seed)
+    else:
+        encode = {"x": images[np.sort(rng.permutation(len(images))[:CHECK_ROWS])]}
+    return {"decode": {"z": sampler_codes(model, CHECK_ROWS, seed)},
+            "sample": model.draw_noise(CHECK_ROWS, seed), "encode": encode}
+
+
+def _calibration(model, module, images, seed) -> dict:
+    """Calibration generators for full-integer int8, per signature ({} for dynamic range).
+
+    The decoder is calibrated on the codes it meets in use: the encoder's
+    codes of the representative images (reconstruction) and codes from the
+    model's sampler (generation); the sampler on its noise. Sampler draws
+    number at least :data:`CALIBRATION_DRAWS` and use ``seed + 1``, apart from
+    the check's draws.
+    """
+    if images is None:
+        return {}
     from tfvae.networks import split_head
 
-    n = len(images)
+    draws = max(len(images), CALIBRATION_DRAWS)
     params = module.encoder_net(images)
     head = split_head(model.encoder)[1]
     codes = (params if head is None else head.code(params)).numpy()
-    inputs = {"encode": {"x": images}, "decode": {"z": codes}, "sample": model.draw_noise(n, seed)}
+    codes = np.concatenate([codes, sampler_codes(model, draws, seed + 1)])
+    inputs = {"encode": {"x": images}, "decode": {"z": codes},
+              "sample": model.draw_noise(draws, seed + 1)}
 
     def generator(batch):
         def gen():
-            for i in range(n):
+            for i in range(len(next(iter(batch.values())))):
                 yield {k: v[i : i + 1] for k, v in batch.items()}
 
         return gen
@@ -215,18 +287,20 @@ def export_run(
     as_tuple(formats, FORMATS, "format")
     as_tuple(precisions, PRECISIONS, "precision")
     run_dir = layout.check_run_dir(run_dir)
-    check_out(out, overwrite)  # paths first: refuse before loading anything
-    model, config = load_model(run_dir, which)
-    info = {"config": config.to_dict(), "run": {"path": run_dir.name, "checkpoint": which}}
-    if (run_dir / layout.EVALUATION).is_file():
-        info["evaluation"] = files.read_json(run_dir / layout.EVALUATION, "evaluation")
-    status = record.read_status(run_dir)
-    if status:
-        info["data"] = status.get("data")
-        info["run"].update(
-            {k: status.get(k) for k in ("status", "epochs_completed", "best_epoch")})
-    images = representative_images(config, int(representative)) if representative else None
-    return export(model, out, formats, precisions, images, info, overwrite)
+    out = check_out(out, overwrite)  # paths first: refuse before loading anything
+    with _stopping(out):  # Ctrl-C while the model loads stops the export too
+        model, config = load_model(run_dir, which)
+        info = {"config": config.to_dict(), "run": {"path": run_dir.name, "checkpoint": which}}
+        evaluation = record.read_evaluation(run_dir)
+        if evaluation is not None:
+            info["evaluation"] = evaluation
+        status = record.read_status(run_dir)
+        if status:
+            info["data"] = status.get("data")
+            info["run"].update(
+                {k: status.get(k) for k in ("status", "epochs_completed", "best_epoch")})
+        images = representative_images(config, int(representative)) if representative else None
+        return export(model, out, formats, precisions, images, info, overwrite)
 
 
 def representative_images(config, n: int) -> np.ndarray:
@@ -238,3 +312,73 @@ def representative_images(config, n: int) -> np.ndarray:
     config = dataclasses.replace(config)
     _, splits = load_data(config)
     return train_float(splits, config.seed, limit=n)
+
+
+# ---------------------------------------------------------------- Ctrl-C and SIGTERM
+
+
+class _Stop:
+    """What SIGINT and SIGTERM do during an export: stop it now, or at its next step.
+
+    The first signal raises KeyboardInterrupt wherever Python is, as Ctrl-C
+    does. But TensorFlow runs Python in finalizers (``AtomicFunction.__del__``),
+    and an exception raised in one is printed and dropped: so the signal is
+    also recorded, and :func:`_stop_point`, called between the export's steps,
+    raises it again. While :meth:`shielded` (the swap, the clean-up) a signal
+    is only recorded.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._shields = 0
+
+    def handle(self, signum, frame):
+        first, self.requested = not self.requested, True
+        if first and not self._shields:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def shielded(self):
+        self._shields += 1
+        try:
+            yield
+        finally:
+            self._shields -= 1
+
+
+_STOP: _Stop | None = None
+
+
+def _stop_point() -> None:
+    """Raises KeyboardInterrupt if a signal asked the export of this thread to stop."""
+    if (_STOP is not None and _STOP.requested
+            and threading.current_thread() is threading.main_thread()):
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _stopping(out: Path):
+    """While active: SIGINT and SIGTERM stop the export (main thread), which raises
+    :class:`~tfvae.errors.Interrupted` saying what ``out`` holds."""
+    global _STOP
+    if threading.current_thread() is not threading.main_thread():
+        yield _Stop()  # signals go to the main thread only
+        return
+    if _STOP is not None:  # export within export_run: the outer one serves
+        yield _STOP
+        return
+    kept = out.is_dir() and any(out.iterdir())
+    _STOP, old = _Stop(), {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, _STOP.handle)
+        yield _STOP
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        held = f"{out} keeps the export it held" if kept else f"nothing was written to {out}"
+        raise Interrupted(f"interrupted: the export was stopped; {held}") from None
+    finally:
+        _STOP = None
+        for sig, handler in old.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)

@@ -10,6 +10,9 @@ runner's named inputs and outputs.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import warnings
 from collections.abc import Callable
 
@@ -17,10 +20,16 @@ import numpy as np
 
 from tfvae.export.manifest import PRECISIONS, ExportError, tflite_name
 
-# Max abs difference a converted file may show against the SavedModel on
-# random inputs before export refuses it, relative to max(1, max |reference|).
+# Max abs difference a converted file may show against the SavedModel on the
+# check's inputs before export refuses it, relative to max(1, max |reference|).
 # Loose on purpose: these catch broken files (lost weights, wrong graph), the
-# tests state the tight tolerances.
+# tests state the tight tolerances. A full-integer int8 file rounds every
+# activation to one of 256 steps of the range calibration saw, so each layer
+# moves its output by a small fraction of that range, and a few layers add such
+# errors up; a broken file moves outputs by a large part of their range. The
+# check holds only for inputs inside the calibrated ranges (clipped activations
+# look broken): files are checked on inputs drawn as they will be used
+# (``exporting.check_inputs``).
 EXPORT_CHECK_TOLERANCE = {"float32": 1e-3, "float16": 5e-2, "int8": 0.25}
 # Bytes per weight of each precision: a file smaller than
 # SIZE_SLACK * weights * bytes cannot hold its weights.
@@ -125,7 +134,11 @@ class LiteRTModel:
             raise ExportError(f"expected one signature in a tfvae LiteRT file, got {signatures}")
         (self.signature,) = signatures
         runner = self.interpreter.get_signature_runner(self.signature)
-        self.inputs = {k: d["index"] for k, d in runner.get_input_details().items()}
+        details = runner.get_input_details()
+        self.inputs = {k: d["index"] for k, d in details.items()}
+        #: Each input's shape as the file declares it (-1: any size).
+        self.input_shapes = {k: tuple(int(s) for s in d["shape_signature"])
+                             for k, d in details.items()}
         self.outputs = {k: d["index"] for k, d in runner.get_output_details().items()}
         self._shapes: dict[str, tuple] = {}
 
@@ -144,8 +157,13 @@ class LiteRTModel:
                 v = np.ascontiguousarray(v, np.float32)
             arrays[k] = v
             resize = resize or shapes.get(k) != v.shape
-        if resize:
+        if resize:  # a new shape: checked once against the file's own
             for k, a in arrays.items():
+                want = self.input_shapes[k]
+                if a.ndim != len(want) or any(
+                        w not in (-1, n) for w, n in zip(want, a.shape, strict=True)):
+                    raise ExportError(f"input {k!r} of {self.signature!r} has shape "
+                                      f"{list(a.shape)}; the file takes {list(want)} (-1: any)")
                 interp.resize_tensor_input(self.inputs[k], list(a.shape))
             interp.allocate_tensors()
             self._shapes = {k: a.shape for k, a in arrays.items()}
@@ -157,6 +175,39 @@ class LiteRTModel:
 
 
 # ---------------------------------------------------------------- conversion
+
+
+@contextlib.contextmanager
+def native_logs_silenced():
+    """Points file descriptors 1 and 2 at the null device for a conversion, then back.
+
+    TensorFlow's converter and the LiteRT runtime log from C++ straight to
+    those descriptors, several lines per converted file, whatever Python's
+    logging levels or a ``TF_CPP_MIN_LOG_LEVEL`` set after TensorFlow started
+    say. A failed conversion still reaches the caller as the converter's
+    exception, whose text :func:`convert` reports.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    try:
+        saved = (os.dup(1), os.dup(2))
+    except OSError:  # no such descriptors (an embedded interpreter): nothing to silence
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (null, *saved):
+            os.close(fd)
 
 
 def convert(saved_model_dir, signature: str, precision: str = "float32",
@@ -192,7 +243,7 @@ def convert(saved_model_dir, signature: str, precision: str = "float32",
         if representative is not None:
             converter.representative_dataset = representative
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), native_logs_silenced():
             # TensorFlow's int8 calibrator builds its own tf.lite.Interpreter, which warns
             # that it is deprecated; tfvae itself runs LiteRT files with ai_edge_litert.
             warnings.filterwarnings(
@@ -250,7 +301,8 @@ def random_inputs(signature_inputs: dict, n: int, seed: int) -> dict[str, np.nda
 
 
 def check_outputs(content, inputs, reference, precision, name) -> None:
-    outputs = LiteRTModel(content)(**inputs)
+    with native_logs_silenced():  # LiteRT's "Created ... delegate" line
+        outputs = LiteRTModel(content)(**inputs)
     for key, ref in reference.items():
         err = float(np.max(np.abs(outputs[key] - ref)))
         bound = EXPORT_CHECK_TOLERANCE[precision] * max(1.0, float(np.max(np.abs(ref))))

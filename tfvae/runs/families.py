@@ -98,6 +98,8 @@ def _load_mixture(model, run_dir) -> None:
         model.set_proposal(info["scale"], {k: v for k, v in info.items() if k != "scale"})
     except (ConfigError, TypeError, ValueError) as exc:
         raise RunDirError(f"{path} is corrupt: {exc}") from None
+    except RecursionError:
+        raise RunDirError(f"{path} is corrupt: it is nested too deeply") from None
     model.mixture = sampler
 
 

@@ -10,7 +10,14 @@ they are rewritten from the record when the run resumes.
 
 A record read back is validated before anything trusts it: keys and types,
 a state prefix confined to this run's own ``checkpoints/state/`` and naming
-the recorded epoch, a history as long as the epoch count.
+the recorded epoch, a history of finite numbers as long as the epoch count,
+and a best value that is the lowest monitored value of that history, at the
+best epoch (so that a resumed run keeps the best weights it should).
+
+The files derived from the record (``run.json``, ``evaluation.json``,
+``metrics.json``) are read by :func:`read_status`, :func:`read_evaluation` and
+:func:`read_metrics`: a damaged one is treated as missing, with a warning,
+and written again when the run resumes.
 
 The record also keeps the SHA-256 digest and size of each weights file
 (``"weights": {"last.weights.h5": {"sha256": HEX, "bytes": N}, ...}``, the
@@ -21,13 +28,17 @@ earlier versions have no ``weights``: their files are loaded as they are.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
+import reprlib
+import shutil
+import warnings
 from pathlib import Path
 
 from tfvae import files
-from tfvae.errors import RunDirError
+from tfvae.errors import RunDirError, TfvaeWarning
 from tfvae.runs import layout
 from tfvae.runtime import versions
 
@@ -37,6 +48,9 @@ _KEYS = ("epoch", "prefix", "history", "best", "best_epoch", "monitor")
 _MONITORS = ("loss", "val_loss")
 _WEIGHTS_FILES = (layout.LAST, layout.BEST)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+#: Shows a value of a record in a message, however long or deeply nested it is.
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother = 3, 80, 80
 
 
 @dataclasses.dataclass
@@ -88,9 +102,33 @@ def _check_history(path, history, epoch):
     for i, row in enumerate(history):
         if not isinstance(row, dict) or row.get("epoch") != i + 1:
             raise _invalid(path, f"history entry {i} is not the metrics of epoch {i + 1}")
-        bad = [k for k, v in row.items() if not _number(v)]
+        # The recorder records no epoch with a non-finite metric.
+        bad = [k for k, v in row.items() if not _number(v) or not math.isfinite(v)]
         if bad:
-            raise _invalid(path, f"history entry {i} holds non-numbers under {bad}")
+            raise _invalid(path, f"history entry {i} holds values that are not finite numbers "
+                                 f"under {bad}")
+
+
+def _check_best(path, data, epoch) -> float:
+    """``best`` as the recorder keeps it: the lowest monitored value of the history, that of
+    ``best_epoch``; ``inf`` (or null) with no best epoch before any value."""
+    best, best_epoch, monitor = data["best"], data["best_epoch"], data["monitor"]
+    if best_epoch is not None and (isinstance(best_epoch, bool) or not isinstance(best_epoch, int)
+                                   or not 1 <= best_epoch <= epoch):
+        raise _invalid(path, f"'best_epoch' must be an epoch in 1..{epoch}, got "
+                             f"{_SHOW.repr(best_epoch)}")
+    best = math.inf if best is None else best
+    if not _number(best):
+        raise _invalid(path, f"'best' must be a number, got {_SHOW.repr(best)}")
+    values = [row[monitor] for row in data["history"] if monitor in row]
+    if best_epoch is None:
+        if best != math.inf or values:
+            raise _invalid(path, f"'best' is {best!r} but 'best_epoch' names no epoch")
+        return math.inf
+    if best != data["history"][best_epoch - 1].get(monitor) or best > min(values):
+        raise _invalid(path, f"'best' ({best!r}) is not the lowest {monitor} of the history, "
+                             f"that of its 'best_epoch' ({best_epoch})")
+    return float(best)
 
 
 def _check_weights(path, weights) -> dict:
@@ -116,27 +154,21 @@ def validate(data, run_dir) -> Record:
         raise _invalid(path, f"it lacks {missing}")
     epoch = data["epoch"]
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
-        raise _invalid(path, f"'epoch' must be a positive integer, got {epoch!r}")
+        raise _invalid(path, f"'epoch' must be a positive integer, got {_SHOW.repr(epoch)}")
     expected = Record.prefix_for(epoch)
     if data["prefix"] != expected:
-        raise _invalid(path, f"'prefix' is {data['prefix']!r}; the state of epoch {epoch} is "
-                             f"{expected!r} in this run's {layout.CHECKPOINTS}/")
+        raise _invalid(path, f"'prefix' is {_SHOW.repr(data['prefix'])}; the state of epoch "
+                             f"{epoch} is {expected!r} in this run's {layout.CHECKPOINTS}/")
     state = layout.inside(run_dir, f"{layout.CHECKPOINTS}/{expected}.index")
     if not state.is_file():
         raise _invalid(path, f"the training state of epoch {epoch} ({state.name}) is missing")
     _check_history(path, data["history"], epoch)
-    best, best_epoch = data["best"], data["best_epoch"]
-    if best is None:
-        best = math.inf
-    if not _number(best) or math.isnan(best):
-        raise _invalid(path, f"'best' must be a number, got {best!r}")
-    if best_epoch is not None and (isinstance(best_epoch, bool) or not isinstance(best_epoch, int)
-                                   or not 1 <= best_epoch <= epoch):
-        raise _invalid(path, f"'best_epoch' must be an epoch in 1..{epoch}, got {best_epoch!r}")
-    if data["monitor"] not in _MONITORS:
-        raise _invalid(path, f"'monitor' must be one of {_MONITORS}, got {data['monitor']!r}")
+    if not isinstance(data["monitor"], str) or data["monitor"] not in _MONITORS:
+        raise _invalid(path, f"'monitor' must be one of {_MONITORS}, got "
+                             f"{_SHOW.repr(data['monitor'])}")
+    best = _check_best(path, data, epoch)
     weights = _check_weights(path, data.get("weights", {}))
-    return Record(epoch, expected, data["history"], float(best), best_epoch, data["monitor"],
+    return Record(epoch, expected, data["history"], best, data["best_epoch"], data["monitor"],
                   weights)
 
 
@@ -145,7 +177,11 @@ def read(run_dir) -> Record | None:
     path = Path(run_dir) / layout.CHECKPOINTS / layout.RESUME
     if not path.exists():
         return None
-    return validate(files.read_json(path, "training record"), run_dir)
+    data = files.read_json(path, "training record")
+    try:
+        return validate(data, run_dir)
+    except RecursionError:  # JSON that loads, nested deeper than a check can follow
+        raise _invalid(path, "it is nested too deeply") from None
 
 
 def weights_digest(run_dir, name: str) -> dict | None:
@@ -161,7 +197,10 @@ def weights_digest(run_dir, name: str) -> dict | None:
     data = files.read_json(path, "training record")
     if not isinstance(data, dict):
         raise _invalid(path, f"it holds a {type(data).__name__}, not a JSON object")
-    return _check_weights(path, data.get("weights", {})).get(name)
+    try:
+        return _check_weights(path, data.get("weights", {})).get(name)
+    except RecursionError:
+        raise _invalid(path, "it is nested too deeply") from None
 
 
 def write(run_dir, record: Record) -> None:
@@ -205,7 +244,75 @@ def write_status(run_dir, config, status: str, record: Record | None, durable: b
     return data
 
 
+def _derived(run_dir, name: str, what: str, kind: type):
+    """A file derived from the record, or None when it is missing; one that cannot be read
+    or is not a JSON ``kind`` is treated as missing, with a warning."""
+    path = Path(run_dir) / name
+    if not path.is_file():
+        return None
+    try:
+        data = files.read_json(path, what)
+        if isinstance(data, kind):
+            return data
+        problem = f"{path} is corrupt (the {what} is a JSON {type(data).__name__})"
+    except (OSError, RunDirError) as exc:
+        problem = str(exc)
+    warnings.warn(f"{problem}; treated as missing (it is derived from the training record: "
+                  f"`tfvae train --resume {run_dir}` writes it again)", TfvaeWarning,
+                  stacklevel=3)
+    return None
+
+
 def read_status(run_dir) -> dict:
-    """``run.json``, or an empty dict for a run that has none yet."""
-    path = Path(run_dir) / layout.STATUS
-    return files.read_json(path, "run status") if path.is_file() else {}
+    """``run.json``, or an empty dict for a run that has none yet (or a damaged one, with a
+    warning)."""
+    return _derived(run_dir, layout.STATUS, "run status", dict) or {}
+
+
+def read_evaluation(run_dir) -> dict | None:
+    """``evaluation.json`` (the test figures), or None before the run finished (or for a
+    damaged one, with a warning: it is evaluated again when the run resumes)."""
+    return _derived(run_dir, layout.EVALUATION, "evaluation", dict)
+
+
+def read_metrics(run_dir) -> list | None:
+    """``metrics.json`` (one dict per epoch), or None when missing (or damaged: a warning)."""
+    return _derived(run_dir, layout.METRICS_JSON, "metrics", list)
+
+
+def check_resume(run_dir, config, state: Record | None, epochs: int | None) -> None:
+    """Refuses a resume that would do nothing, saying what to pass instead.
+
+    Args:
+      run_dir: the run directory.
+      config: its configuration, with the ``epochs`` asked for.
+      state: its record (None before the first epoch completed).
+      epochs: the ``--epochs`` given, or None.
+    """
+    if state is None or state.epoch < config.epochs:
+        return
+    if epochs is not None and epochs < state.epoch:
+        raise RunDirError(f"{run_dir} has completed {state.epoch} epochs; --epochs {epochs} is "
+                          f"fewer: pass --epochs above {state.epoch} to train longer")
+    # A damaged run.json or evaluation.json (derived data) is made again: not finished.
+    if read_status(run_dir).get("status") == "completed" and \
+            read_evaluation(run_dir) is not None:
+        raise RunDirError(f"{run_dir} has completed all {state.epoch} epochs and its evaluation; "
+                          f"pass --epochs above {state.epoch} to train longer")
+
+
+def prepare_resume(run_dir, config, state: Record | None) -> None:
+    """Brings the derived files in line with the record before training goes on."""
+    run_dir = Path(run_dir)
+    files.atomic_write_text(run_dir / layout.CONFIG, config.to_json() + "\n")
+    if state is None:
+        # No completed epoch: nothing to keep but the configuration; start again.
+        for name in (layout.TENSORBOARD, f"{layout.CHECKPOINTS}/{layout.STATE}"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        for name in (layout.METRICS_CSV, layout.METRICS_JSON, layout.STATUS):
+            with contextlib.suppress(FileNotFoundError):
+                (run_dir / name).unlink()
+        (run_dir / layout.CHECKPOINTS).mkdir(exist_ok=True)
+        return
+    write_metrics(run_dir, state.history)
+    write_status(run_dir, config, "training", state)

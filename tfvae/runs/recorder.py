@@ -42,6 +42,10 @@ class RunRecorder(keras.callbacks.Callback):
     ``stopped`` true) is not recorded. A full disk removes the new epoch's
     partial files and raises :class:`tfvae.files.StorageError`; the previous
     epoch stays resumable, its weights files as its record names them.
+    Ctrl-C or SIGTERM while an epoch is written takes effect once its record
+    is written (:func:`tfvae.files.uninterrupted`), so the weights files are
+    always the ones the record names. A run whose entries are links is
+    refused (:func:`tfvae.runs.layout.check_entries`).
 
     Under a multi-worker strategy every worker saves (saving is collective),
     non-chief workers into a scratch folder they delete; only the chief writes
@@ -72,6 +76,8 @@ class RunRecorder(keras.callbacks.Callback):
         self._t0 = time.perf_counter()
 
     def on_train_begin(self, logs=None):
+        if self.chief:
+            layout.check_entries(self.run_dir)
         (self.run_dir / layout.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         self._checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.model.optimizer)
 
@@ -94,18 +100,31 @@ class RunRecorder(keras.callbacks.Callback):
         improved = logs.get(self.monitor, math.inf) < best
         if improved:
             best, best_epoch = logs[self.monitor], epoch + 1
-        prefix = record.Record.prefix_for(epoch + 1)
+        # The weights files and the record that names their digests change together.
+        with files.uninterrupted():
+            new = self._commit(epoch + 1, row, best, best_epoch, improved)
+        if not self.chief:
+            return
+        for old in (self.run_dir / layout.CHECKPOINTS / layout.STATE).glob("epoch-*"):
+            if not old.name.startswith(f"epoch-{new.epoch:04d}."):
+                old.unlink()
+
+    def _commit(self, epoch: int, row: dict, best, best_epoch, improved: bool):
+        """Writes the state, the weights and the record of ``epoch`` (from 1); returns the
+        new record."""
+        previous = self.record
+        prefix = record.Record.prefix_for(epoch)
         # Logs are reduced across workers, so every worker takes the same branches.
         with distribute.scratch_dir(self.strategy) as scratch:
             folder = self.run_dir / layout.CHECKPOINTS if scratch is None else scratch
             written = self._save(folder, prefix, improved)
         weights = {} if previous is None else dict(previous.weights)
         weights.update(written)
-        new = record.Record(epoch + 1, prefix, self.history + [row], best, best_epoch,
+        new = record.Record(epoch, prefix, self.history + [row], best, best_epoch,
                             self.monitor, weights)
         self.record = new
         if not self.chief:
-            return
+            return new
         with files.disk_errors(self.run_dir, f"the record of epoch {new.epoch}",
                                f"resume with `tfvae train --resume {self.run_dir}`"):
             record.write(self.run_dir, new)
@@ -114,9 +133,7 @@ class RunRecorder(keras.callbacks.Callback):
                 # Rewritten from the record every epoch: not flushed to the disk.
                 record.write_status(self.run_dir, self.config, "training", new, durable=False,
                                     data=self.data)
-        for old in (self.run_dir / layout.CHECKPOINTS / layout.STATE).glob("epoch-*"):
-            if not old.name.startswith(f"epoch-{new.epoch:04d}."):
-                old.unlink()
+        return new
 
     def _save(self, folder: Path, prefix: str, improved: bool) -> dict:
         """State, last and best weights of a new epoch; partial files removed on failure.

@@ -42,7 +42,7 @@ def load_data(config):
       arrays) and the :class:`tfvae.data.Splits`.
     """
     dataset = data.load_dataset(config.dataset, config.data_dir, config.tfds_data_dir,
-                                image_size=config.image_size)
+                                image_size=config.image_size, bad_images=config.bad_images)
     if config.image_shape is not None:
         dataset = data.with_image_shape(dataset, config.image_shape)
     config.likelihood = resolve_likelihood(config, dataset)

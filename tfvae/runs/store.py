@@ -48,9 +48,9 @@ class Run:
 
     @property
     def evaluation(self) -> dict | None:
-        """``evaluation.json`` (test figures), or None before the run finished."""
-        path = self.path / layout.EVALUATION
-        return files.read_json(path, "evaluation") if path.is_file() else None
+        """``evaluation.json`` (test figures), or None before the run finished (or when the
+        file is damaged: a warning says so)."""
+        return record.read_evaluation(self.path)
 
 
 def load_config(run_dir):
@@ -62,8 +62,10 @@ def load_config(run_dir):
     try:
         return Config.from_dict(data)
     except ConfigError as exc:
-        raise RunDirError(f"{run_dir / layout.CONFIG} is not a valid tfvae configuration: "
-                          f"{exc}") from None
+        reason = str(exc)
+    except RecursionError:  # JSON that loads, nested deeper than a check can follow
+        reason = "it is nested too deeply"
+    raise RunDirError(f"{run_dir / layout.CONFIG} is not a valid tfvae configuration: {reason}")
 
 
 def build_model(config):
@@ -246,7 +248,6 @@ def load_run(run_dir, which: str = "best") -> Run:
     """
     run_dir = layout.check_run_dir(run_dir)
     model, config = load_model(run_dir, which)
-    metrics = run_dir / layout.METRICS_JSON
-    history = files.read_json(metrics, "metrics") if metrics.is_file() else []
+    history = record.read_metrics(run_dir) or []
     return Run(path=run_dir, config=config, model=model, status=record.read_status(run_dir),
                history=history)
