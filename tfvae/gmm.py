@@ -387,7 +387,39 @@ class GMMSampler:
             )
         if not npz_path.is_file():
             raise RunDirError(f"{npz_path} is missing: the Gaussian mixture cannot be read")
-        arrays = _read_npz(npz_path)
+        return cls._from_parts(meta, _read_npz(npz_path), meta_path, npz_path)
+
+    def to_config(self) -> dict:
+        """The fitted mixture as plain JSON values: :meth:`metadata` and the three arrays.
+
+        Lists of Python floats (float64, written exactly by ``json``), so a
+        model's ``get_config`` can hold the mixture and a ``.keras`` file is
+        self-contained; :meth:`from_config` reads it back, no pickle involved.
+        """
+        return {**self.metadata(), "weights": self.weights.tolist(),
+                "means": self.means.tolist(), "cholesky": self.cholesky.tolist()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> GMMSampler:
+        """The mixture :meth:`to_config` gave, checked as :meth:`load` checks its files.
+
+        Raises:
+          RunDirError: the values are not a consistent tfvae mixture.
+        """
+        where = "the mixture in the model's configuration"
+        if not isinstance(config, dict) or config.get("format") != FORMAT \
+                or config.get("version") != VERSION:
+            raise RunDirError(f"{where} is not a tfvae Gaussian mixture of version {VERSION}")
+        try:
+            arrays = {name: np.asarray(config[name], np.float64)
+                      for name in ("weights", "means", "cholesky")}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunDirError(f"{where} is corrupt ({type(exc).__name__}: {exc})") from None
+        return cls._from_parts(config, arrays, where, where)
+
+    @classmethod
+    def _from_parts(cls, meta: dict, arrays: dict, meta_path, npz_path) -> GMMSampler:
+        """A sampler from its metadata and arrays, checked (the names go in messages)."""
         try:
             sampler = cls(
                 n_components=meta["requested_components"],

@@ -37,6 +37,19 @@ def _plain_config(layer, **values) -> dict:
     return {**keras.layers.Layer.get_config(layer), **values}
 
 
+def _float32(kwargs) -> dict:
+    """A head's layer arguments with its dtype policy set to float32.
+
+    Under a mixed-precision policy (``mixed_float16``, ``mixed_bfloat16``) the
+    networks compute in half precision while the heads' parameters are cast up
+    to float32 on the way in (Keras' layer autocasting), so every
+    distribution, log-probability and KL is computed in float32, as Keras'
+    mixed-precision guide asks of a model's outputs and losses.
+    """
+    kwargs["dtype"] = "float32"
+    return kwargs
+
+
 @keras.saving.register_keras_serializable(package="tfvae")
 class BernoulliHead(tfpl.IndependentBernoulli):
     """``tfp.layers.IndependentBernoulli`` over ``event_size`` units, from logits.
@@ -59,7 +72,7 @@ class BernoulliHead(tfpl.IndependentBernoulli):
     def __init__(self, event_size: int, **kwargs):
         for key in ("event_shape", "convert_to_tensor_fn", "sample_dtype", "validate_args"):
             kwargs.pop(key, None)
-        super().__init__(int(event_size), convert_to_tensor_fn=_MEAN, **kwargs)
+        super().__init__(int(event_size), convert_to_tensor_fn=_MEAN, **_float32(kwargs))
         self.event_size = int(event_size)
 
     def get_config(self):
@@ -105,7 +118,7 @@ class NormalHead(tfpl.IndependentNormal):
     def __init__(self, event_size: int, **kwargs):
         for key in ("event_shape", "convert_to_tensor_fn", "validate_args"):
             kwargs.pop(key, None)
-        super().__init__(int(event_size), convert_to_tensor_fn=_MEAN, **kwargs)
+        super().__init__(int(event_size), convert_to_tensor_fn=_MEAN, **_float32(kwargs))
         self.event_size = int(event_size)
 
     def get_config(self):
@@ -153,7 +166,7 @@ class _NormalPixels(tfpl.DistributionLambda):
     def __init__(self, event_size: int, min_scale: float = 1e-3, **kwargs):
         for key in ("make_distribution_fn", "convert_to_tensor_fn", "function"):
             kwargs.pop(key, None)
-        super().__init__(self._make, _MEAN, **kwargs)
+        super().__init__(self._make, _MEAN, **_float32(kwargs))
         self.event_size = int(event_size)
         self.min_scale = float(min_scale)
 
@@ -295,7 +308,7 @@ class LogisticHead(tfpl.DistributionLambda):
                  levels: int = 256, **kwargs):
         for key in ("make_distribution_fn", "convert_to_tensor_fn", "function"):
             kwargs.pop(key, None)
-        super().__init__(self._make, _MEAN, **kwargs)
+        super().__init__(self._make, _MEAN, **_float32(kwargs))
         self.event_size = int(event_size)
         self.components = int(components)
         self.min_scale = float(min_scale)

@@ -248,8 +248,7 @@ def train(
                               "give only resume= (and epochs= or strategy=)")
         return _resume(Path(resume), overrides, options, lock)
     config = dataclasses.replace(config or Config(), **overrides)
-    out = Path(check_text_path(out, "out")) if out is not None else \
-        layout.default_out(config.model)
+    out = layout.default_out(config.model) if out is None else Path(check_text_path(out, "out"))
     return _new_run(config, out, options, lock)
 
 

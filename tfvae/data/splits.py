@@ -228,18 +228,18 @@ def prepare(
     with seed 1 in file order (bindata), then takes the validation rows from
     the training bits; ``dynamic`` resamples training bits per batch, with
     the static bits for validation and test; ``threshold`` is ``scaled > 0.5``;
-    ``none`` scales, and becomes ``dequantize`` (``(x + u) / levels``) for a
-    Gaussian likelihood on discrete pixels.
+    ``none`` scales (``dequantize``, ``(x + u) / levels``, for a Gaussian on pixels).
 
     Args:
         ds: The data set (a :class:`tfvae.data.folders.FolderDataSet` gives
             :class:`tfvae.data.streams.StreamSplits`, read file by file).
         likelihood: A key of :data:`tfvae.options.LIKELIHOODS` (None for the default).
         binarize: A key of :data:`tfvae.options.BINARIZE` (None for the default).
-        val_fraction: Fraction in [0, 1) of training rows held out for validation,
-            chosen by ``default_rng(seed + 12345).permutation``; 0 for none.
+        val_fraction: Fraction in [0, 1) of training rows held out for validation
+            (rows chosen by ``default_rng(seed + 12345)``); 0 for none.
         seed: Seed of the validation subset.
-        val_size, val_order: see :func:`validation_rows`.
+        val_size: see :func:`validation_rows`.
+        val_order: see :func:`validation_rows`.
 
     Returns:
         The :class:`Splits` (or :class:`tfvae.data.StreamSplits`).

@@ -22,8 +22,14 @@ CODE_OUTPUTS = {"code": "deterministic code"}
 
 
 def clone_body(layers, input_dim: int, name: str):
-    """A new Sequential with copies of ``layers`` and their current weights."""
-    copies = [type(layer).from_config(layer.get_config()) for layer in layers]
+    """A new Sequential with float32 copies of ``layers`` and their current weights.
+
+    The copies compute in float32 whatever dtype policy the model was built
+    under: the weights are float32 under a mixed-precision policy too, and
+    the exported signatures take and give float32.
+    """
+    copies = [type(layer).from_config({**layer.get_config(), "dtype": "float32"})
+              for layer in layers]
     net = keras.Sequential([keras.Input(shape=(input_dim,))] + copies, name=name)
     for copy, layer in zip(copies, layers, strict=True):
         copy.set_weights(layer.get_weights())

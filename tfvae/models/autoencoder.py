@@ -86,6 +86,7 @@ class Autoencoder(LatentVariableModel):
       >>> model.fit(x_train, epochs=5, batch_size=128)  # x_train: [N, 784] in {0, 1}
       >>> model.post_fit(x_train, seed=0)               # mixture + proposal
       >>> images = model.sample(16, seed=0)             # [16, 784] probabilities
+      >>> model.save("ae.keras")  # with the mixture and proposal: loads back ready to sample
       >>> tfvae.evaluate(model, x_test, k=1000)["log_likelihood"]
     """
 
@@ -108,8 +109,12 @@ class Autoencoder(LatentVariableModel):
 
     # ------------------------------------------------------------------ parts
     def code(self, x, training=None):
-        """The deterministic code ``enc(x)``, shape ``[batch, latent]``."""
-        return self.encoder(x, training=training)
+        """The deterministic code ``enc(x)``, shape ``[batch, latent]``, float32.
+
+        Float32 under a mixed-precision policy too: the mixture and the
+        importance proposal over codes are float32 distributions.
+        """
+        return tf.cast(self.encoder(x, training=training), tf.float32)
 
     @property
     def mixture(self) -> GMMSampler | None:
@@ -149,6 +154,14 @@ class Autoencoder(LatentVariableModel):
 
     def check_ready(self) -> None:
         self._require_fitted()
+
+    def traced_state(self) -> tuple:
+        # The mixture's arrays and the proposal scale enter traces as constants.
+        mixture = self._mixture
+        arrays = None if mixture is None else tuple(
+            a.tobytes() for a in (mixture.weights, mixture.means, mixture.cholesky))
+        scale = None if self.proposal_scale is None else self.proposal_scale.tobytes()
+        return arrays, scale
 
     def prior(self):
         """The fitted mixture ``p(z)`` as ``tfd.MixtureSameFamily`` (event ``[latent]``)."""
@@ -222,13 +235,13 @@ class Autoencoder(LatentVariableModel):
         loss, values = self.objective(self._unpack(data), training=False)
         return self._record(loss, values)
 
-    def call(self, x, training=None):
-        """Reconstruction means at the code, ``[batch, D]``."""
-        return self.decode(self.code(x, training=training), training=training).mean()
-
     def _finish_build(self):
-        self.call(tf.zeros([1, self.input_dim]))
+        # ``call`` (the base class's: decoder means at the code) skips the
+        # decoder's head, whose weights (a free scale) this creates.
+        x = tf.zeros([1, self.input_dim])
+        self.decode(self.code(x))
         self.built = True
+        self(x)  # records the input spec SavedModel saving traces ``call`` with
 
     # ------------------------------------------------------------ post-fit
     def encode_numpy(self, x, batch_size: int = 1000) -> np.ndarray:
@@ -382,5 +395,27 @@ class Autoencoder(LatentVariableModel):
 
     # --------------------------------------------------------- serialization
     def get_config(self):
+        """The constructor's arguments, and the fitted mixture and proposal as plain lists.
+
+        So a ``.keras`` file (or a SavedModel) holds everything :meth:`post_fit`
+        fitted: the model loaded back samples and evaluates as this one does.
+        """
+        proposal = None
+        if self.proposal_scale is not None:
+            proposal = {"scale": [float(v) for v in self.proposal_scale],
+                        "info": self.proposal_info}
         return {**super().get_config(), "components": self.components,
-                "covariance": self.covariance}
+                "covariance": self.covariance,
+                "mixture": None if self._mixture is None else self._mixture.to_config(),
+                "proposal": proposal}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        mixture, proposal = config.pop("mixture", None), config.pop("proposal", None)
+        model = cls(**config)
+        if mixture is not None:
+            model.mixture = GMMSampler.from_config(mixture)
+        if proposal is not None:
+            model.set_proposal(proposal["scale"], proposal.get("info"))
+        return model

@@ -20,6 +20,7 @@ from tfvae import sampler_noise as noise
 from tfvae._keras import keras, tf
 from tfvae.config import image_shape_3d, parse_sizes
 from tfvae.errors import ConfigError
+from tfvae.models import inputs
 from tfvae.models.steps import TrainingSteps
 
 # Metrics every VAE reports, in nats per example.
@@ -37,6 +38,18 @@ def order_key(x):
     return tf.bitcast(tf.convert_to_tensor(x, tf.float32), tf.int32)
 
 
+def _run_body(net, x, training=None):
+    """A network's layers before its distribution head: the head's parameters, float32.
+
+    Float32 as the heads take them (under a mixed-precision policy the body
+    computes in half precision and a head casts its input up).
+    """
+    h = x
+    for layer in networks.split_head(net)[0]:
+        h = layer(h, training=training)
+    return tf.cast(h, tf.float32)
+
+
 class LatentVariableModel(TrainingSteps, keras.Model):
     """Base class: a VAE-like model with ``encode``, ``decode`` and ``prior``.
 
@@ -45,6 +58,17 @@ class LatentVariableModel(TrainingSteps, keras.Model):
     (``noise_inputs``, ``sampler_params``, ``codes_from_noise``,
     ``prior_description``) and, when training differs from the plain
     reparameterized ELBO, ``objective``.
+
+    As a Keras model: ``fit``, ``evaluate`` and ``predict`` take rows
+    ``[N, D]`` or images ``[N, H, W, C]`` of ``image_shape``, float or uint8
+    pixels (:mod:`tfvae.models.inputs` says what is converted and what is
+    refused); ``compile`` takes no loss or metrics (the loss is the model's
+    objective). ``model(x)`` and ``predict`` are deterministic: decoder means
+    at the posterior mean code (its mode for binary codes, the code itself for
+    an autoencoder), as :meth:`reconstruct`. Randomness has its own calls:
+    :meth:`reconstruct_sample` (a posterior draw) and :meth:`sample` (the
+    prior). The model saves as ``.keras``, as a SavedModel directory
+    (``model.save(dir)``, ``ModelCheckpoint``) and through ``model.export``.
 
     Args:
       input_dim: flat data size D (784 for 28x28 images).
@@ -190,7 +214,8 @@ class LatentVariableModel(TrainingSteps, keras.Model):
             last = self.decoder.layers[-2]
             if not isinstance(last, keras.layers.Dense):
                 raise ConfigError("the output bias can be set from data for mlp decoders only; "
-                                  "use --arch mlp or leave out --output-bias-from-data")
+                                  "use arch='mlp' (--arch mlp) or output_bias=False (leave "
+                                  "out --output-bias-from-data)")
             last.bias.assign(self.decoder.layers[-1].initial_bias(mean, std))
 
     def prior(self):
@@ -224,6 +249,14 @@ class LatentVariableModel(TrainingSteps, keras.Model):
     # ------------------------------------------------------- evaluation hooks
     def check_ready(self) -> None:
         """Raises a TfvaeError if the model cannot be evaluated or sampled yet."""
+
+    def traced_state(self) -> tuple:
+        """Python values a traced evaluation holds as constants (not variables), hashable.
+
+        :func:`tfvae.evaluate` keeps its compiled functions per model and per
+        this value; variables (weights, estimator state) need no entry.
+        """
+        return ()
 
     def elbo_terms(self, x, seed=None, training=None):
         """Single-sample ELBO terms per example: ``reconstruction`` (-log p(x|z)), ``kl``."""
@@ -278,9 +311,23 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         return loss, {"reconstruction": terms["reconstruction"], "kl": terms["kl"]}
 
     def call(self, x, training=None):
-        """Reconstruction means at a posterior sample, ``[batch, D]``."""
-        q = self.encode(x, training=training)
-        return self.decode(q.sample(), training=training).mean()
+        """Decoder means at the posterior's representative code, ``[batch, D]``: deterministic.
+
+        What ``model(x)`` and ``predict`` give, and the same as :meth:`reconstruct`:
+        the code is the posterior mean (Gaussian codes), its mode (binary codes)
+        or the code itself (autoencoder); :meth:`reconstruct_sample` decodes a
+        posterior draw instead. Computed from the heads' parameters (not from
+        distribution objects), so a SavedModel traces and serves it as plain
+        tensors.
+        """
+        params = _run_body(self.encoder, x, training)
+        head = networks.split_head(self.encoder)[1]
+        code = params if head is None else head.code(params)
+        return self._decoder_mean(code, training)
+
+    def _decoder_mean(self, z, training=None):
+        """``E[x|z]`` from the decoder head's parameters (no distribution object)."""
+        return self.decoder.layers[-1].mean_from_params(_run_body(self.decoder, z, training))
 
     # ------------------------------------------------------------ generation
     def noise_inputs(self) -> tuple[noise.Noise, ...]:
@@ -348,9 +395,24 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         return self.decode(codes).sample(seed=draw_seed).numpy().astype(np.float32)
 
     def reconstruct(self, x) -> np.ndarray:
-        """Decoder means at the posterior mean code, ``[batch, D]``."""
-        x = tf.convert_to_tensor(np.asarray(x, dtype=np.float32).reshape(-1, self.input_dim))
-        return self.decode_mean(self.posterior_code(x)).numpy()
+        """Decoder means at the posterior's representative code, ``[batch, D]``: ``predict``'s.
+
+        ``x`` as ``fit`` takes it (rows or images, float or uint8 pixels).
+        """
+        x = tf.constant(inputs.rows(self, x, "reconstruct", check=False))
+        return self(x, training=False).numpy()
+
+    def reconstruct_sample(self, x, seed: int | None = None) -> np.ndarray:
+        """Decoder means at one draw ``z ~ q(z|x)`` per example, ``[batch, D]``.
+
+        The random counterpart of :meth:`reconstruct`; the same ``seed`` gives
+        the same draws.
+        """
+        from tfvae.runtime import stateless_seed
+
+        x = tf.constant(inputs.rows(self, x, "reconstruct_sample", check=False))
+        z = self.encode(x).sample(seed=stateless_seed(0 if seed is None else seed, 5))
+        return self.decode_mean(z).numpy()
 
     def posterior_code(self, x):
         """A representative code for ``x``: the posterior mean (or mode for binary codes)."""
@@ -402,3 +464,6 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         # the first batch.
         self.elbo_terms(tf.zeros([1, self.input_dim]))
         self.built = True
+        # Called once through Keras, which records the input spec that SavedModel
+        # saving and ``model.export`` trace ``call`` with.
+        self(tf.zeros([1, self.input_dim]))

@@ -97,6 +97,7 @@ class BernoulliVAE(BinaryPrior, LatentVariableModel):
       >>> model.compile(optimizer=tfvae.keras.optimizers.Adam(1e-3))
       >>> model.fit(x_train, epochs=5, batch_size=128)  # x_train: [N, 784] in {0, 1}
       >>> codes = model.posterior_code(x_train[:10])    # [10, 20] in {0, 1}
+      >>> means = model.predict(x_test)  # decoder means at the posterior mode: deterministic
     """
 
     model_type = "bernoulli"
@@ -218,7 +219,9 @@ class BernoulliVAE(BinaryPrior, LatentVariableModel):
         kl = self.rate(q)  # [batch]
         input_baseline = None
         if fn.input_baseline:
-            input_baseline = tf.squeeze(self.baseline_net(x, training=training), -1)  # [batch]
+            # [batch]; float32 under a mixed-precision policy, as every learning signal.
+            input_baseline = tf.cast(tf.squeeze(self.baseline_net(x, training=training), -1),
+                                     tf.float32)
         problem = estimators.Problem(
             logits=q.distribution.logits,
             log_likelihood=lambda z: self.log_likelihood(z, x, training=training),

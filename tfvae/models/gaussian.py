@@ -31,6 +31,7 @@ class GaussianVAE(LatentVariableModel):
       >>> model.compile(optimizer=tfvae.keras.optimizers.Adam(1e-3))
       >>> model.fit(x_train, epochs=5, batch_size=128)  # x_train: [N, 784] in {0, 1}
       >>> images = model.sample(16, seed=0)             # [16, 784] probabilities
+      >>> means = model.predict(x_test)  # decoder means at the posterior mean: deterministic
     """
 
     model_type = "gaussian"

@@ -26,11 +26,15 @@ from tfvae.sampler_noise import Noise
 
 
 def _flat(net, training=None):
-    """``net`` on inputs with leading (chain) axes: folded into the batch and back."""
+    """``net`` on inputs with leading (chain) axes: folded into the batch and back.
+
+    Its logits come out in float32 whatever the mixed-precision policy the net
+    computes in (the layered estimators' log-probabilities and signals are float32).
+    """
 
     def call(h):
         lead = tf.shape(h)[:-1]
-        out = net(tf.reshape(h, [-1, h.shape[-1]]), training=training)
+        out = tf.cast(net(tf.reshape(h, [-1, h.shape[-1]]), training=training), tf.float32)
         return tf.reshape(out, tf.concat([lead, [out.shape[-1]]], 0))
 
     return call
@@ -129,8 +133,9 @@ class StackedBernoulliVAE(BinaryPrior, LatentVariableModel):
         """The :class:`tfvae.estimators.layered.Chain` of a batch (what the estimators take)."""
         baselines = None
         if self.baseline_nets is not None:
-            baselines = tuple(lambda h, net=net: tf.squeeze(net(h, training=training), -1)
-                              for net in self.baseline_nets)
+            baselines = tuple(
+                lambda h, net=net: tf.cast(tf.squeeze(net(h, training=training), -1), tf.float32)
+                for net in self.baseline_nets)
         return layered.Chain(
             x=x, encoders=self._encoders(training),
             likelihood=lambda z: self.log_likelihood(z, x, training=training),
@@ -201,10 +206,10 @@ class StackedBernoulliVAE(BinaryPrior, LatentVariableModel):
             return objectives.kl_bernoulli(q, self.prior_logits())
         z1 = tf.cast(tf.random.stateless_uniform(tf.shape(q), [0, 0]) < tf.sigmoid(q),
                      tf.float32)
-        a2 = self.upper_encoders[0](z1)
+        a2 = tf.cast(self.upper_encoders[0](z1), tf.float32)
         z2 = tf.cast(tf.random.stateless_uniform(tf.shape(a2), [0, 1]) < tf.sigmoid(a2),
                      tf.float32)
-        return objectives.kl_bernoulli(q, self.generators[0](z2))
+        return objectives.kl_bernoulli(q, tf.cast(self.generators[0](z2), tf.float32))
 
     # ------------------------------------------------------------ sampler
     @property
@@ -225,7 +230,7 @@ class StackedBernoulliVAE(BinaryPrior, LatentVariableModel):
         top = len(nets) + 1
         z = tf.cast(order_key(inputs[f"u{top}"]) < params["prior_keys"], tf.float32)
         for layer in range(top - 1, 0, -1):
-            logits = nets[layer - 1](z)
+            logits = tf.cast(nets[layer - 1](z), tf.float32)  # a mixed-precision net's too
             z = tf.cast(inputs[f"u{layer}"] < tf.sigmoid(logits), tf.float32)
         return z  # z_1 [n, latent]
 

@@ -15,6 +15,7 @@ from tfvae import distribute
 from tfvae._keras import keras, tf
 from tfvae.errors import ConfigError
 from tfvae.fused_blocks import KINDS, ROWS_KEY, block_data, is_block, noisy_bits, unpack_bits
+from tfvae.models import inputs
 
 #: ``compile``'s default ``steps_per_execution``: Keras runs this many training
 #: steps per call into the runtime, which spreads the cost of each call over many
@@ -39,6 +40,15 @@ class TrainingSteps:
     and ``input_dim``.
     """
 
+    #: ``tf.function`` methods of training alone. SavedModel saving saves every
+    #: ``tf.function`` that ``dir(model)`` lists (tracing those with an input
+    #: signature); these apply the optimizer, which an uncompiled model lacks and
+    #: a saved model does not serve, so ``dir`` leaves them out.
+    _TRAINING_FUNCTIONS = frozenset({"_block_step", "_run_block"})
+
+    def __dir__(self):
+        return [name for name in super().__dir__() if name not in self._TRAINING_FUNCTIONS]
+
     def compile(self, optimizer="adam", steps_per_execution=None, jit_compile=None,
                 prior_optimizer=None, **kwargs):
         """Keras ``compile`` with the defaults that train this model fastest on a CPU.
@@ -48,11 +58,25 @@ class TrainingSteps:
         under a ``tf.distribute`` strategy). Both mean what Keras documents:
         with ``steps_per_execution=N`` batch callbacks run every N batches.
         Pass ``steps_per_execution=1`` or ``jit_compile=False`` for Keras' own
-        defaults. The loss is the model's own: do not pass one.
+        defaults.
+
+        The loss is the model's own objective and the metrics its own
+        trackers (``metric_names``): ``loss``, ``metrics``, ``loss_weights``
+        and ``weighted_metrics`` are refused (a ConfigError), as are Keras 3
+        optimizers (a TypeError: use ``tfvae.keras.optimizers``).
 
         ``prior_optimizer`` (e.g. ``tfvae.keras.optimizers.SGD(1e-2)``) trains
         the model's ``prior_variables`` (a learned prior) apart from the rest.
         """
+        given = [name for name in ("loss", "metrics", "loss_weights", "weighted_metrics")
+                 if kwargs.get(name) is not None]
+        if given:
+            raise ConfigError(
+                f"compile({given[0]}=...): a tfvae model's loss is its own objective (the "
+                f"negative ELBO or its estimator's surrogate) and it reports its own metrics "
+                f"({', '.join(self.metric_names)}); leave {' and '.join(given)} out"
+            )
+        inputs.refuse_keras3(optimizer=optimizer, prior_optimizer=prior_optimizer)
         self.prior_optimizer = prior_optimizer
         if steps_per_execution is None:
             steps_per_execution = STEPS_PER_EXECUTION
@@ -132,17 +156,55 @@ class TrainingSteps:
         finally:
             steps.assign(before)
 
+    # Data enter through these calls: checked and converted (rows or images,
+    # uint8 pixels, value ranges; :mod:`tfvae.models.inputs`) before Keras traces
+    # a step, so a wrong input fails with tfvae's message, not from inside a trace.
+    def fit(self, *args, **kwargs):
+        """Keras ``fit``; ``x`` may be rows ``(N, D)`` or images ``(N, H, W, C)``, float or uint8.
+
+        See :mod:`tfvae.models.inputs` for what is accepted and refused.
+        """
+        call = inputs.bind(keras.Model.fit, args, kwargs)
+        inputs.refuse_keras3(callbacks=call.get("callbacks"))
+        call["x"] = inputs.model_input(self, call.get("x"), "fit")
+        if call.get("validation_data") is not None:
+            call["validation_data"] = inputs.validation_data(self, call["validation_data"])
+        with inputs.range_errors(self):
+            return super().fit(**call)
+
+    def evaluate(self, *args, **kwargs):
+        """Keras ``evaluate``, with ``x`` taken as :meth:`fit` takes it."""
+        call = inputs.bind(keras.Model.evaluate, args, kwargs)
+        if not call.get("_use_cached_eval_dataset"):  # fit's validation: converted already
+            inputs.refuse_keras3(callbacks=call.get("callbacks"))
+            call["x"] = inputs.model_input(self, call.get("x"), "evaluate")
+        with inputs.range_errors(self):
+            return super().evaluate(**call)
+
+    def predict(self, *args, **kwargs):
+        """Keras ``predict``: decoder means at each example's posterior code (deterministic)."""
+        call = inputs.bind(keras.Model.predict, args, kwargs)
+        inputs.refuse_keras3(callbacks=call.get("callbacks"))
+        call["x"] = inputs.model_input(self, call["x"], "predict", check=False)
+        return super().predict(**call)
+
     def train_on_batch(self, *args, **kwargs):
+        call = inputs.bind(keras.Model.train_on_batch, args, kwargs)
+        call["x"] = inputs.model_input(self, call["x"], "train_on_batch")
         with self._one_step_per_execution():
-            return super().train_on_batch(*args, **kwargs)
+            return super().train_on_batch(**call)
 
     def test_on_batch(self, *args, **kwargs):
+        call = inputs.bind(keras.Model.test_on_batch, args, kwargs)
+        call["x"] = inputs.model_input(self, call["x"], "test_on_batch")
         with self._one_step_per_execution():
-            return super().test_on_batch(*args, **kwargs)
+            return super().test_on_batch(**call)
 
     def predict_on_batch(self, *args, **kwargs):
+        call = inputs.bind(keras.Model.predict_on_batch, args, kwargs)
+        call["x"] = inputs.model_input(self, call["x"], "predict_on_batch", check=False)
         with self._one_step_per_execution():
-            return super().predict_on_batch(*args, **kwargs)
+            return super().predict_on_batch(**call)
 
     def compile_from_config(self, config):
         # Loading a compiled .keras file: compile again with what was saved.
@@ -195,11 +257,23 @@ class TrainingSteps:
     def _step(self, x):
         """One optimizer step on the batch ``x``; returns ``(loss, metrics)``."""
         seed = self.next_seed()
+        # Under a mixed_float16 policy compile wraps the optimizer in a
+        # LossScaleOptimizer: the loss is scaled up before the gradient so that
+        # small float16 gradients do not flush to zero, and scaled back down
+        # (Keras' mixed-precision guide, for a custom training step).
+        scaling = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)
         with tf.GradientTape() as tape:
             loss, values = self.objective(x, training=True, seed=seed)
             # Under a strategy this replica's share of the global-batch mean.
             scaled = distribute.replica_share(loss)
+            if scaling:
+                scaled = self.optimizer.get_scaled_loss(scaled)
         grads = tape.gradient(scaled, self.trainable_variables)
+        if scaling:
+            # The prior's gradients are unscaled here too (they flow through
+            # float32 ops only); the LossScaleOptimizer skips a step whose
+            # float16 gradients overflowed and lowers its scale.
+            grads = self.optimizer.get_unscaled_gradients(grads)
         pairs = list(zip(grads, self.trainable_variables, strict=True))
         separate = getattr(self, "prior_optimizer", None)
         if separate is not None and self.prior_variables:
@@ -262,12 +336,7 @@ class TrainingSteps:
 
     def _train_block(self, parts, rows, kind="float"):
         """The ``rows // B`` full batches in one compiled loop, then the partial one."""
-        if tf.distribute.has_strategy():
-            raise ConfigError(
-                "fused training blocks run outside tf.distribute strategies (even one-device "
-                "ones: the optimizer's cross-replica update cannot run inside the compiled "
-                "loop); under a strategy train on plain batches (tfvae.data.make_pipeline)"
-            )
+        inputs.refuse_blocks_under_strategy(self)  # fit refuses them first, eagerly
         self._check_block(parts, kind)
         batch = int(parts[0].shape[1])
         rows = tf.cast(rows, tf.int32)
