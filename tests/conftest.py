@@ -2,10 +2,17 @@
 
 Tests run offline on the package's own data (the embedded mnist-10k, small
 arrays made here) and are seeded; slow ones are marked ``slow``.
+
+Training runs are made once per session and copied: ``tiny_run`` (a
+Gaussian VAE) and ``trained_run(family)`` (any family, trained on first
+request) are folders that tests read; a test that changes a run works on a
+copy (``copy_run``).
 """
 
 import contextlib
+import gc
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +27,28 @@ ROOT = Path(__file__).resolve().parents[1]
 #: ../shared beside the checkout (the shared benchmark protocol and peers).
 SHARED = ROOT.parent / "shared"
 
-#: Small networks for the model factory: (family, constructor kwargs).
-SMALL = dict(input_dim=784, latent_dim=4, hidden=(32,))
+#: Small networks: what every test model and run uses unless it needs its own sizes.
+SMALL = dict(latent_dim=2, hidden=(32,))
+#: ``tfvae.train`` options of a small quiet run (add ``out`` and ``epochs``).
+SMALL_RUN = dict(SMALL, iwae_k=5, verbose=0, figures=False)
+
+
+def pytest_collection_finish(session):
+    """Objects that exist once the tests are collected leave the collector's full passes.
+
+    They are the imported modules' (TensorFlow's many among them) and live as
+    long as the test process. ``tfvae.train`` hands memory back with a
+    full collection several times a run, and each walks every tracked object;
+    frozen (as the console script freezes them, see ``tfvae_cli.main``), those
+    walks cover only what the tests make.
+    """
+    freeze_imported_objects()
+
+
+def freeze_imported_objects():
+    """Collects garbage, then moves every object left out of the collector's reach."""
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(scope="session")
@@ -39,29 +66,78 @@ def make_model():
     """``make_model(family, **kwargs)``: a small seeded model of any family.
 
     ``family`` is a key of ``tfvae.runs.FAMILIES`` (``gaussian``, ``bernoulli``,
-    ``ae-gmm``); keyword arguments override the small defaults.
+    ``sbn``, ``ae-gmm``); keyword arguments override the small defaults
+    (784 inputs and :data:`SMALL`).
     """
     from tfvae._keras import keras
     from tfvae.runs.families import family
 
     def make(name, **kwargs):
         keras.utils.set_random_seed(0)
-        return family(name).cls()(**{**SMALL, **kwargs})
+        return family(name).cls()(**{"input_dim": 784, **SMALL, **kwargs})
 
     return make
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """A Gaussian VAE run trained for 2 short epochs on 2-D latents (seconds)."""
-    import tfvae
+class TrainedRuns:
+    """``trained_runs(family)``: the folder of a complete small run of that family.
 
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    tfvae.train(out=out, epochs=2, hidden=(64,), latent_dim=2, iwae_k=10, verbose=0)
-    return out
+    Each family is trained once per session, on the first test that asks
+    (2 epochs on the embedded mnist-10k, :data:`SMALL` networks, figures
+    written): a run as ``tfvae train`` leaves it. Tests only read it; copy it
+    (``copy_run``) to change it. ``fit_seen(family)`` is what Keras' ``fit``
+    saw in that run: its steps per epoch and how often it traced the
+    training function.
+    """
+
+    def __init__(self, root: Path):
+        self.root, self.runs, self.seen = root, {}, {}
+
+    def __call__(self, family: str = "gaussian") -> Path:
+        if family not in self.runs:
+            import tfvae
+
+            seen = {}
+
+            class Probe(tfvae.keras.callbacks.Callback):
+                def on_train_end(self, logs=None):
+                    seen.update(steps=self.params["steps"],
+                                traced=self.model.train_function.experimental_get_tracing_count())
+
+            out = self.root / family
+            tfvae.train(model=family, out=out, epochs=2, callbacks=[Probe()],
+                        **{**SMALL_RUN, "figures": True})
+            self.runs[family], self.seen[family] = out, seen
+        return self.runs[family]
+
+    def fit_seen(self, family: str = "gaussian") -> dict:
+        self(family)
+        return dict(self.seen[family])
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """``trained_run(family)``: a run of that family, trained once per session (TrainedRuns)."""
+    return TrainedRuns(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(trained_run):
+    """The Gaussian VAE run of :func:`trained_run`."""
+    return trained_run("gaussian")
 
 
 @pytest.fixture
+def copy_run(trained_run, tmp_path):
+    """``copy_run(family="gaussian", name="run")``: a copy of that family's run to change."""
+
+    def copy(family: str = "gaussian", name: str = "run") -> Path:
+        return Path(shutil.copytree(trained_run(family), tmp_path / name))
+
+    return copy
+
+
+@pytest.fixture(scope="session")
 def hold_lock():
     """``with hold_lock(run_dir) as pid:`` another process holds the run's lock."""
     return _lock_held_by_another_process
@@ -69,14 +145,20 @@ def hold_lock():
 
 @contextlib.contextmanager
 def _lock_held_by_another_process(run_dir):
-    """Yields the pid of a process holding ``run_dir``'s lock; SIGKILLs it after."""
+    """Yields the pid of a process holding ``run_dir``'s lock; SIGKILLs it after.
+
+    The holder keeps the lock until it is killed (it waits on its stdin,
+    which is never written).
+    """
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from tfvae.runs.layout import RunLock; "
-         "held = RunLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(120)",
-         str(run_dir)], stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", "import sys; from tfvae.runs.layout import RunLock; "
+         "held = RunLock(sys.argv[1]).acquire(); print('locked', flush=True); sys.stdin.read()",
+         str(run_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         yield holder.pid
     finally:
         holder.kill()  # SIGKILL: the kernel drops the lock with the process
         holder.wait()
+        holder.stdin.close()
+        holder.stdout.close()

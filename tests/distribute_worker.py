@@ -14,9 +14,9 @@ import json
 import sys
 
 import numpy as np
+from conftest import SMALL_RUN  # this script's folder is first on sys.path
 
-TINY = dict(epochs=2, hidden=(32,), latent_dim=2, batch_size=64, iwae_k=10, seed=0,
-            figures=False, verbose=0)
+TINY = dict(SMALL_RUN, epochs=2, batch_size=64, seed=0)
 
 
 def replica_values(variable):

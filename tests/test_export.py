@@ -1,8 +1,10 @@
 """Tests of tfvae.export, `tfvae export` and `tfvae sample --backend` (offline, seeded).
 
-One tiny untrained model per family is exported once (module fixture); parity
+One tiny untrained model per family is exported once (module fixtures); parity
 is checked Keras vs SavedModel vs LiteRT on fresh random inputs with the
 tolerances below, and the measured max abs differences are printed (-s).
+The quick suite converts float32 LiteRT files only; the float16 and int8
+conversions are checked in the slow suite.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ import pytest
 
 from tfvae import export
 from tfvae.config import Config
+
+# tfvae runs LiteRT files with ai-edge-litert's interpreter: TensorFlow's own (deprecated)
+# one is an error here.
+pytestmark = pytest.mark.filterwarnings("error:.*tf.lite.Interpreter is deprecated")
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORTED = ROOT / "exported"
@@ -44,24 +50,39 @@ def tiny_model(family, images, latent=4):
     return model
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory, binary_images):
-    """``family -> (model, export dir, manifest)``, each exported once, on first use."""
+def _exporter(tmp_path_factory, images, precisions):
     cache = {}
 
     def get(family):
         if family not in cache:
-            model = tiny_model(family, binary_images)
+            model = tiny_model(family, images)
             out = tmp_path_factory.mktemp("export") / family
-            cache[family] = model, out, export.export(model, out)
+            cache[family] = model, out, export.export(model, out, precisions=precisions)
         return cache[family]
 
     return get
 
 
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory, binary_images):
+    """``family -> (model, export dir, manifest)``: float32 files, exported once on first use."""
+    return _exporter(tmp_path_factory, binary_images, "float32")
+
+
+@pytest.fixture(scope="module")
+def quantized_exports(tmp_path_factory, binary_images):
+    """``family -> (model, export dir, manifest)``: every precision (slow tests only)."""
+    return _exporter(tmp_path_factory, binary_images, "all")
+
+
 @pytest.fixture(params=list(FAMILIES))
 def exported(request, exports):
     return exports(request.param)
+
+
+@pytest.fixture(params=list(FAMILIES))
+def quantized(request, quantized_exports):
+    return quantized_exports(request.param)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -105,13 +126,14 @@ def fresh_inputs(model, signature, images, n=7, seed=123):
 # ---------------------------------------------------------------- layout
 
 
-def test_layout_manifest_and_hashes(exported):
+def check_layout(exported, precisions):
     model, out, manifest = exported
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    expected = {export.tflite_name(s, p) for s in export.SIGNATURES for p in export.PRECISIONS}
+    expected = {export.tflite_name(s, p) for s in export.SIGNATURES for p in precisions}
     assert expected | {"manifest.json", "saved_model/saved_model.pb"} <= names
+    assert not {n for n in names if n.endswith(".tflite")} - expected
     assert set(manifest["files"]) == names - {"manifest.json"}
-    export.ExportDir(out, verify=True)  # every sha256 matches
+    assert sorted(export.ExportDir(out, verify=True).precisions) == sorted(precisions)
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert manifest["model_type"] == model.model_type
     assert manifest["latent_dim"] == model.latent_dim
@@ -129,7 +151,7 @@ def test_layout_manifest_and_hashes(exported):
             "code": {"shape": [-1, 4], "dtype": "float32", "meaning": "deterministic code"}}
 
 
-def test_every_tflite_file_is_builtin_and_holds_its_weights(exported):
+def check_builtin_ops_and_weights(exported):
     _, out, manifest = exported
     for signature, files in manifest["tflite"].items():
         weights = manifest["signatures"][signature]["weights"]
@@ -141,13 +163,13 @@ def test_every_tflite_file_is_builtin_and_holds_its_weights(exported):
             export.check_size(content, weights, precision, name)
 
 
-def test_parity_keras_savedmodel_litert(exported, binary_images):
+def check_parity(exported, images, runs):
+    """``runs``: the ``(backend, precision)`` pairs to compare with Keras."""
     model, out, _ = exported
     exported_dir = export.ExportDir(out)
     for signature in export.SIGNATURES:
-        inputs = fresh_inputs(model, signature, binary_images)
+        inputs = fresh_inputs(model, signature, images)
         reference = keras_reference(model, signature, inputs)
-        runs = [("savedmodel", "float32")] + [("tflite", p) for p in export.PRECISIONS]
         for backend, precision in runs:
             result = exported_dir.run(signature, inputs, backend, precision)
             assert set(result) == set(reference)
@@ -158,11 +180,11 @@ def test_parity_keras_savedmodel_litert(exported, binary_images):
                 assert err <= TOLERANCE[precision], (signature, key, backend, precision, err)
 
 
-def test_samples_are_images_and_batch_is_dynamic(exported):
+def check_dynamic_batch(exported, precision):
     model, out, manifest = exported
     exported_dir = export.ExportDir(out)
     for n in (1, 3, 33, 2):  # resizing up and down
-        images = exported_dir.sample(n, seed=n, precision="int8")
+        images = exported_dir.sample(n, seed=n, precision=precision)
         assert images.shape == (n, 784)
         assert np.all((images >= 0) & (images <= 1))
     noise = export.draw_noise(manifest, 5, seed=1)
@@ -171,8 +193,36 @@ def test_samples_are_images_and_batch_is_dynamic(exported):
     assert all(np.array_equal(noise[k], same[k]) for k in noise)
 
 
+def test_layout_manifest_and_hashes(exported):
+    check_layout(exported, ("float32",))
+
+
+def test_every_tflite_file_is_builtin_and_holds_its_weights(exported):
+    check_builtin_ops_and_weights(exported)
+
+
+def test_parity_keras_savedmodel_litert(exported, binary_images):
+    check_parity(exported, binary_images, [("savedmodel", "float32"), ("tflite", "float32")])
+
+
+def test_samples_are_images_and_batch_is_dynamic(exported):
+    check_dynamic_batch(exported, "float32")
+
+
+@pytest.mark.slow
+def test_quantized_files_layout_ops_parity_and_dynamic_batch(quantized, binary_images):
+    """float16 and int8 (dynamic-range) files of every signature, beside float32."""
+    check_layout(quantized, export.PRECISIONS)
+    assert quantized[2]["int8"] == "dynamic-range"
+    check_builtin_ops_and_weights(quantized)
+    check_parity(quantized, binary_images, [("tflite", p) for p in export.PRECISIONS])
+    check_dynamic_batch(quantized, "int8")
+
+
+@pytest.mark.slow
 def test_savedmodel_loads_without_tfvae(exports, tmp_path):
-    # One family (ae-gmm: the most ops) is enough; a fresh interpreter costs ~10 s.
+    # A process of its own (tfvae never imported; TensorFlow imported afresh): slow.
+    # One family (ae-gmm: the most ops) is enough.
     model, out, manifest = exports("ae-gmm")
     noise = export.draw_noise(manifest, 4, seed=2)
     np.savez(tmp_path / "noise.npz", **noise)
@@ -265,14 +315,21 @@ def test_out_must_be_empty_or_a_previous_export(exports, tmp_path):
             export.export(model, other, overwrite=overwrite)
     assert (other / "notes.txt").read_text() == "keep me"
     with pytest.raises(export.ExportError, match="--overwrite"):
-        export.export(model, out, formats="tflite", precisions="int8")
-    # Overwriting removes the old export's files only, keeping a user's file.
+        export.export(model, out)
+    # tfvae deletes only an export's own files: a user's file among them is named, and
+    # nothing is replaced.
+    before = sorted(p.name for p in out.iterdir())
     (out / "mine.txt").write_text("mine")
-    manifest = export.export(model, out, formats="tflite", precisions="int8", overwrite=True)
-    names = sorted(p.name for p in out.iterdir())
-    assert names == ["decoder_int8.tflite", "encoder_int8.tflite", "manifest.json", "mine.txt",
-                     "sampler_int8.tflite"]
-    assert manifest["saved_model"] is None and manifest["int8"] == "dynamic-range"
+    with pytest.raises(export.ExportError, match="mine.txt"):
+        export.export(model, out, formats="savedmodel", overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(before + ["mine.txt"])
+    export.ExportDir(out, verify=True)
+    # Without it, overwriting replaces the old export's files (its LiteRT files too).
+    (out / "mine.txt").unlink()
+    manifest = export.export(model, out, formats="savedmodel", overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "saved_model"]
+    assert manifest["saved_model"] is not None and not manifest["tflite"]
+    assert export.ExportDir(out).precisions == ()
 
 
 # ---------------------------------------------------------------- CLI
@@ -342,8 +399,9 @@ def test_committed_reference_exports(family):
     assert total < 10e6
 
 
-def test_full_integer_int8_with_representative_data(exports, binary_images, tmp_path):
-    model, _, _ = exports("gaussian")
+@pytest.mark.slow
+def test_full_integer_int8_with_representative_data(binary_images, tmp_path):
+    model = tiny_model("gaussian", binary_images)
     out = tmp_path / "full-int8"
     manifest = export.export(model, out, formats="tflite", precisions="int8",
                              representative=binary_images[:32])
@@ -417,8 +475,19 @@ def test_litert_tensors_carry_their_signature_names(exported):
             assert {d["name"] for d in interpreter.get_output_details()} == set(io["outputs"])
 
 
-def test_the_default_precision_is_the_best_the_export_holds(exports, tmp_path):
-    model, out, _ = exports("bernoulli")
+def test_a_precision_the_export_lacks_is_refused_with_the_option_that_makes_it(exports):
+    _, out, _ = exports("bernoulli")
+    exported_dir = export.ExportDir(out)
+    assert exported_dir.precisions == ("float32",)
+    assert exported_dir.sample(3, seed=1).shape == (3, 784)
+    for precision, option in (("int8", "--quantize int8"), ("float16", "--quantize float16")):
+        with pytest.raises(export.ExportError, match=f"no {precision} .*{option}"):
+            exported_dir.sample(3, seed=1, precision=precision)
+
+
+@pytest.mark.slow
+def test_the_default_precision_is_the_best_the_export_holds(binary_images, tmp_path):
+    model = tiny_model("bernoulli", binary_images)
     small = tmp_path / "int8-only"
     export.export(model, small, formats="tflite", precisions="int8")
     exported_dir = export.ExportDir(small)
@@ -426,7 +495,6 @@ def test_the_default_precision_is_the_best_the_export_holds(exports, tmp_path):
     assert exported_dir.sample(3, seed=1).shape == (3, 784)
     with pytest.raises(export.ExportError, match="--quantize none"):
         exported_dir.sample(3, seed=1, precision="float32")
-
 
 
 def test_litert_model_calls_return_fresh_arrays_and_check_their_inputs(exports):

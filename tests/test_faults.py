@@ -14,20 +14,16 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
+from click.testing import CliRunner
+from conftest import SMALL_RUN
+from tfvae_cli.main import cli
 
 import tfvae
 from tfvae import files
 from tfvae.errors import Interrupted, RunDirError
 from tfvae.runs import layout
-
-SMALL = dict(hidden=(32,), latent_dim=2, iwae_k=5, verbose=0, figures=False)
-
-
-def _cli(*args):
-    return [sys.executable, "-m", "tfvae_cli.main", *args]
 
 
 def _records_agree(out):
@@ -53,7 +49,7 @@ def test_interrupt_while_loading_data_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(tfvae.training, "load_data", interrupted)
     out = tmp_path / "run"
     with pytest.raises(Interrupted, match="before the run started; nothing was written"):
-        tfvae.train(out=out, epochs=1, **SMALL)
+        tfvae.train(out=out, epochs=1, **SMALL_RUN)
     assert not out.exists()
 
 
@@ -69,7 +65,7 @@ def test_interrupt_during_final_evaluation_then_resume_finishes_it(tmp_path, mon
     monkeypatch.setattr(tfvae.evaluation, "evaluate", interrupted)
     out = tmp_path / "run"
     with pytest.raises(Interrupted, match=f"during the final evaluation.*--resume {out}"):
-        tfvae.train(out=out, epochs=1, **SMALL)
+        tfvae.train(out=out, epochs=1, **SMALL_RUN)
     status, _ = _records_agree(out)
     assert status["status"] == "interrupted" and not (out / "evaluation.json").exists()
     monkeypatch.setattr(tfvae.evaluation, "evaluate", real)
@@ -78,57 +74,79 @@ def test_interrupt_during_final_evaluation_then_resume_finishes_it(tmp_path, mon
     assert [h["epoch"] for h in run.history] == [1]  # no epoch trained again
 
 
+#: ``tfvae train --out OUT`` in which Ctrl-C comes as TensorFlow starts to load.
+CTRL_C_AS_TENSORFLOW_LOADS = """
+import importlib.abc, os, signal, sys
+
+class CtrlC(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow":
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlC())
+from tfvae_cli.main import main
+sys.argv = ["tfvae", "train", "--out", sys.argv[1]]
+main()
+"""
+
+
 def test_ctrl_c_while_tensorflow_loads_says_nothing_was_written(tmp_path):
-    # The command names the run directory, then loads TensorFlow (about 2 s): a Ctrl-C
-    # then once printed only "interrupted", for a directory that was never made.
+    # The command names the run directory, then loads TensorFlow: a Ctrl-C then once
+    # printed only "interrupted", for a directory that was never made.
     out = tmp_path / "run"
-    proc = subprocess.Popen(_cli("train", "--out", str(out)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    line = proc.stderr.readline()
-    assert "run directory" in line, line
-    time.sleep(0.3)  # into the import (not the microseconds left of that line's echo)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert "interrupted while TensorFlow loaded; nothing was written" in stderr, stderr[-2000:]
-    assert "Traceback" not in stderr and not out.exists()
+    done = subprocess.run([sys.executable, "-c", CTRL_C_AS_TENSORFLOW_LOADS, str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr[-2000:]
+    assert f"run directory: {out}" in done.stderr.splitlines()[0], done.stderr[-2000:]
+    assert "interrupted while TensorFlow loaded; nothing was written" in done.stderr
+    assert "Traceback" not in done.stderr and not out.exists()
+
+
+def _signal_mid_epoch(sig, at_epoch):
+    """A callback that sends ``sig`` to this process once the first step of epoch
+    ``at_epoch`` (from 1) has run."""
+
+    class SignalMidEpoch(tfvae.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch + 1
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == at_epoch and batch == 0:
+                # tfvae.train handles it; without that handler SIGTERM would end pytest.
+                assert signal.getsignal(sig) not in (signal.SIG_DFL, signal.default_int_handler)
+                os.kill(os.getpid(), sig)
+
+    return SignalMidEpoch()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_mid_training_stops_cleanly_and_records_agree(tmp_path, sig):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+def test_a_signal_mid_training_stops_cleanly_and_records_agree(tmp_path, monkeypatch, sig):
+    import tfvae.training
+
+    real = tfvae.training.train
+
+    def with_signal(*args, **kwargs):
+        return real(*args, callbacks=[_signal_mid_epoch(sig, 2)], **kwargs)
+
+    monkeypatch.setattr(tfvae.training, "train", with_signal)
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        _cli("train", "--epochs", "60", "--hidden", "32", "--latent-dim", "2", "--out",
-             str(out)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    pointer = out / "checkpoints" / "resume.json"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not pointer.exists():
-        time.sleep(0.05)
-    time.sleep(0.3)  # somewhere in the next epoch
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
-    assert f"continue with: tfvae train --resume {out}" in stderr and "Traceback" not in stderr
+    result = CliRunner().invoke(cli, ["train", "--epochs", "60", "--hidden", "32",
+                                      "--latent-dim", "2", "--out", str(out)])
+    assert result.exit_code == 130, result.output[-2000:]
+    assert f"interrupted after 1 of 60 epochs, all saved in {out}; continue with: tfvae " \
+           f"train --resume {out}" in result.output and "Traceback" not in result.output
     status, record = _records_agree(out)
-    assert status["status"] == "interrupted" and 1 <= record["epoch"] < 60
-    resumed = subprocess.run(_cli("train", "--resume", str(out), "--epochs",
-                                  str(record["epoch"] + 1)), env=env, capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert status["status"] == "interrupted" and record["epoch"] == 1  # epoch 2 cut short
+    monkeypatch.setattr(tfvae.training, "train", real)
+    resumed = CliRunner().invoke(cli, ["train", "--resume", str(out), "--epochs", "2"])
+    assert resumed.exit_code == 0, resumed.output[-2000:]
     status, after = _records_agree(out)
-    assert status["status"] == "completed" and after["epoch"] == record["epoch"] + 1
+    assert status["status"] == "completed" and after["epoch"] == 2
 
 
 # ------------------------------------------------------------------ the record
-
-
-@pytest.fixture(scope="module")
-def one_epoch(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "one"
-    tfvae.train(out=out, epochs=1, **SMALL)
-    return out
 
 
 @pytest.mark.parametrize(
@@ -140,47 +158,72 @@ def one_epoch(tmp_path_factory):
         (lambda r, other: r.update(epoch="1"), "'epoch' must be a positive integer"),
         (lambda r, other: r.update(history=r["history"] * 2), "one entry per completed epoch"),
         (lambda r, other: r.update(best_epoch=7), "'best_epoch'"),
+        (lambda r, other: r["weights"][layout.LAST].update(sha256="0" * 63),
+         "the digest of last.weights.h5"),
+        (lambda r, other: r["weights"].update(other={}), "'weights' must map"),
     ],
 )
-def test_a_tampered_record_is_refused_and_nothing_is_written(one_epoch, tmp_path, edit, words):
-    import shutil
-
-    run = tmp_path / "copy"
-    shutil.copytree(one_epoch, run)
-    path = run / "checkpoints" / "resume.json"
+def test_a_tampered_record_is_refused_and_nothing_is_written(tiny_run, copy_run, edit, words):
+    out = copy_run()
+    path = out / "checkpoints" / "resume.json"
     data = json.loads(path.read_text())
-    edit(data, one_epoch.resolve() / "checkpoints" / "state" / "epoch-0001")
+    edit(data, tiny_run.resolve() / "checkpoints" / "state" / "epoch-0002")
     path.write_text(json.dumps(data))
+
     def contents():
-        return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
+        return {p: p.read_bytes() for p in out.rglob("*")
+                if p.is_file() and p.name != ".lock"}
 
     before = contents()
     with pytest.raises(RunDirError, match="not a valid training record") as info:
-        tfvae.train(resume=run, epochs=2, verbose=0, figures=False)
+        tfvae.train(resume=out, epochs=3, verbose=0, figures=False)
     assert words in str(info.value)
     assert contents() == before
 
 
-def test_resume_with_fewer_epochs_than_done_says_so(one_epoch):
-    with pytest.raises(RunDirError, match="completed all 1 epochs"):
-        tfvae.train(resume=one_epoch, verbose=0)
+def test_resume_with_fewer_epochs_than_done_says_so(copy_run):
+    out = copy_run()
+    with pytest.raises(RunDirError, match="completed all 2 epochs"):
+        tfvae.train(resume=out, verbose=0)
 
 
 # ------------------------------------------------------------------ one writer
 
 
 @pytest.mark.slow
-def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_lock(one_epoch, tmp_path,
-                                                                   hold_lock):
-    import shutil
-
-    run = tmp_path / "locked"
-    shutil.copytree(one_epoch, run)
-    with hold_lock(run) as pid:
+def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_lock(copy_run, hold_lock):
+    out = copy_run()
+    with hold_lock(out) as pid:
         with pytest.raises(RunDirError, match=f"in use by tfvae process {pid}"):
-            tfvae.train(resume=run, epochs=2, verbose=0, figures=False)
-    run_after = tfvae.train(resume=run, epochs=2, verbose=0, figures=False)
-    assert run_after.status["epochs_completed"] == 2
+            tfvae.train(resume=out, epochs=3, verbose=0, figures=False)
+    run_after = tfvae.train(resume=out, epochs=3, verbose=0, figures=False)
+    assert run_after.status["epochs_completed"] == 3
+
+
+def test_a_file_lock_has_one_holder_and_says_who(tmp_path):
+    # flock locks belong to open files, so two FileLocks refuse each other even in one
+    # process; the lock's note says who holds it.
+    path = tmp_path / "x.lock"
+    assert files.FileLock.holder(path) is None and not path.exists()  # a probe makes nothing
+    first = files.FileLock(path, note="the first").acquire()
+    assert first.held and files.FileLock.holder(path) == "the first"
+    with pytest.raises(files.LockHeld, match="held by the first") as info:
+        files.FileLock(path, note="the second").acquire()
+    assert info.value.owner == "the first"
+    first.release()
+    assert not first.held and files.FileLock.holder(path) is None
+    with files.FileLock(path, note="the second") as second:
+        assert second.held and files.FileLock.holder(path) == "the second"
+    with files.FileLock(path):
+        assert files.FileLock.holder(path) == ""
+    run = tmp_path / "run"
+    run.mkdir()
+    with layout.RunLock(run):
+        with pytest.raises(RunDirError, match=f"in use by tfvae process {os.getpid()}"):
+            layout.RunLock.check_free(run)
+        assert layout.RunLock.is_held(run)
+    layout.RunLock.check_free(run)
+    assert not layout.RunLock.is_held(run)
 
 
 def test_two_new_runs_into_one_folder_exactly_one_proceeds(tmp_path):
@@ -210,44 +253,45 @@ def test_two_new_runs_into_one_folder_exactly_one_proceeds(tmp_path):
 # ------------------------------------------------------------------ full disk
 
 
+def _full(path):
+    """Writes a partial file at ``path``, then fails as a full disk does."""
+    with open(path, "wb") as f:
+        f.write(b"half")
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
 @pytest.mark.slow
 def test_a_full_disk_keeps_the_last_good_epoch(tmp_path, monkeypatch):
-    from tfvae.runs.store import WeightsWriter
+    # The whole road: the failure, the statuses, and the resume once there is room.
+    real, calls = tfvae.GaussianVAE.save_weights, []
 
-    real = WeightsWriter.__call__
-    calls = []
-
-    def full_after_epoch_one(self, path):
+    def full_after_epoch_one(self, path, *args, **kwargs):
         calls.append(path)
         if len(calls) > 1:  # epoch 1 wrote last (best is its copy); epoch 2 runs out of space
-            with open(path.with_name(".tmp-partial-" + path.name), "wb") as f:
-                f.write(b"half")
-            os.unlink(path.with_name(".tmp-partial-" + path.name))
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        real(self, path)
+            _full(path)
+        return real(self, path, *args, **kwargs)
 
-    monkeypatch.setattr(WeightsWriter, "__call__", full_after_epoch_one)
+    monkeypatch.setattr(tfvae.GaussianVAE, "save_weights", full_after_epoch_one)
     out = tmp_path / "run"
     with pytest.raises(files.StorageError) as info:
-        tfvae.train(out=out, epochs=3, **SMALL)
+        tfvae.train(out=out, epochs=3, **SMALL_RUN)
     message = str(info.value)
     assert "is full" in message and str(out) in message and "epoch 1 is kept" in message
     assert f"tfvae train --resume {out}" in message
     status, record = _records_agree(out)
     assert status["status"] == "failed" and record["epoch"] == 1
-    leftovers = sorted(p.name for p in (out / "checkpoints").rglob("*") if p.is_file())
-    assert leftovers == ["best.weights.h5", "epoch-0001.data-00000-of-00001",
-                         "epoch-0001.index", "last.weights.h5", "resume.json"]
-    monkeypatch.setattr(WeightsWriter, "__call__", real)
+    monkeypatch.setattr(tfvae.GaussianVAE, "save_weights", real)
     run = tfvae.train(resume=out, verbose=0, figures=False)
     assert run.status["status"] == "completed" and run.status["epochs_completed"] == 3
 
 
-def test_a_full_disk_during_the_final_evaluation_says_to_resume(tmp_path, monkeypatch):
+def test_a_full_disk_during_the_final_evaluation_says_to_resume(copy_run, monkeypatch):
+    out = copy_run()
     # Each write of the end of a run says what to do, like training's: a new user saw
     # only "evaluation.json could not be written. Free some space".
     from pathlib import Path
 
+    (out / layout.EVALUATION).unlink()  # a run whose final evaluation did not finish
     real = files.atomic_write_json
 
     def full(path, data, durable=True):
@@ -256,9 +300,8 @@ def test_a_full_disk_during_the_final_evaluation_says_to_resume(tmp_path, monkey
         return real(path, data, durable)
 
     monkeypatch.setattr(files, "atomic_write_json", full)
-    out = tmp_path / "run"
     with pytest.raises(files.StorageError) as info:
-        tfvae.train(out=out, epochs=1, **SMALL)
+        tfvae.train(resume=out, verbose=0, figures=False)
     assert str(info.value).endswith(
         f"{layout.EVALUATION} could not be written. Free some space, then resume with "
         f"`tfvae train --resume {out}`")
@@ -268,41 +311,81 @@ def test_a_full_disk_during_the_final_evaluation_says_to_resume(tmp_path, monkey
     assert run.status["status"] == "completed" and (out / layout.EVALUATION).is_file()
 
 
-@pytest.mark.slow
-def test_a_full_disk_while_writing_the_state_leaves_no_partial_state(tmp_path, monkeypatch):
-    # Measured on a full 30 MiB tmpfs: TensorFlow had made PREFIX_temp/ for its shards.
+@pytest.fixture
+def recorder(tmp_path, make_model):
+    """A RunRecorder of a small compiled model writing ``tmp_path``, as ``fit`` sets it up."""
+    from tfvae._keras import keras
+    from tfvae.runs.recorder import RunRecorder
+
+    model = make_model("gaussian")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    recorder = RunRecorder(tmp_path, monitor="loss")
+    recorder.set_model(model)
+    recorder.on_train_begin()
+    return recorder
+
+
+def _epoch(recorder, epoch, loss):
+    recorder.on_epoch_begin(epoch)
+    recorder.on_epoch_end(epoch, {"loss": loss})
+
+
+def _fill_the_disk_at(where, monkeypatch, recorder):
+    """Makes the next write of ``where`` (state, last or best weights) hit a full disk."""
+    import tfvae.runs.recorder
     from tfvae._keras import tf
 
-    def full(self, file_prefix, options=None):
+    def state(self, file_prefix, options=None):  # TensorFlow's shards go to PREFIX_temp/
         os.makedirs(f"{file_prefix}_temp")
-        with open(f"{file_prefix}_temp/part-00000-of-00001", "wb") as f:
-            f.write(b"half")
-        raise OSError(errno.ENOSPC, "No space left on device", file_prefix)
+        _full(f"{file_prefix}_temp/part-00000-of-00001")
 
-    monkeypatch.setattr(tf.train.Checkpoint, "write", full)
-    out = tmp_path / "run"
-    with pytest.raises(files.StorageError, match="is full.*no completed epoch is kept"):
-        tfvae.train(out=out, epochs=2, **SMALL)
-    assert not [p for p in (out / "checkpoints").rglob("*") if p.name.startswith("epoch-")]
+    if where == "state":
+        monkeypatch.setattr(tf.train.Checkpoint, "write", state)
+    elif where == "last":
+        monkeypatch.setattr(type(recorder.model), "save_weights",
+                            lambda self, path, *a, **k: _full(path))
+    else:
+        monkeypatch.setattr(tfvae.runs.recorder.shutil, "copyfile", lambda src, dst: _full(dst))
 
 
-def test_a_full_disk_while_copying_the_best_weights_is_a_storage_error(tmp_path, monkeypatch):
-    # The first epoch always improves, so its best weights are copied from
-    # its last ones: a full disk there leaves no partial file and no epoch.
-    import tfvae.callbacks
+@pytest.mark.parametrize("where", ["state", "last", "best"])
+def test_a_full_disk_in_an_epoch_keeps_the_one_before(recorder, tmp_path, monkeypatch, where):
+    # Whatever write of an epoch meets the full disk, the previous epoch's files stay as
+    # its record names them (weights matching their digests), with no partial file
+    # beside them; once there is room, the next try records the epoch.
+    from tfvae.runs import record, store
 
-    def full(src, dst):
-        with open(dst, "wb") as f:
-            f.write(b"half")
-        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+    checkpoints = tmp_path / layout.CHECKPOINTS
 
-    monkeypatch.setattr(tfvae.callbacks.shutil, "copyfile", full)
-    out = tmp_path / "run"
-    with pytest.raises(files.StorageError) as info:
-        tfvae.train(out=out, epochs=2, **SMALL)
-    assert "is full" in str(info.value) and "no completed epoch is kept" in str(info.value)
-    names = sorted(p.name for p in (out / "checkpoints").rglob("*") if p.is_file())
-    assert not any(n.startswith((".tmp", "epoch-")) or n == "best.weights.h5" for n in names)
+    def on_disk():
+        return sorted(str(p.relative_to(checkpoints)) for p in checkpoints.rglob("*"))
+
+    with monkeypatch.context() as patch:
+        _fill_the_disk_at(where, patch, recorder)
+        with pytest.raises(files.StorageError, match="is full.*no completed epoch is kept"):
+            _epoch(recorder, 0, 2.0)
+    assert on_disk() == ["state"] and record.read(tmp_path) is None
+
+    _epoch(recorder, 0, 2.0)
+    first = on_disk()
+    assert first == ["best.weights.h5", "last.weights.h5", "resume.json", "state",
+                     "state/epoch-0001.data-00000-of-00001", "state/epoch-0001.index"]
+    with monkeypatch.context() as patch:
+        _fill_the_disk_at(where, patch, recorder)
+        with pytest.raises(files.StorageError) as info:
+            _epoch(recorder, 1, 1.0)  # improves: state, last and best are all written
+    message = str(info.value)
+    assert "is full" in message and "epoch 1 is kept" in message
+    assert f"tfvae train --resume {tmp_path}" in message
+    assert on_disk() == first
+    state = record.read(tmp_path)
+    assert state.epoch == 1 and recorder.record == state
+    for name in (layout.LAST, layout.BEST):
+        assert store.weights_digest(checkpoints / name) == state.weights[name]
+
+    _epoch(recorder, 1, 1.0)
+    assert record.read(tmp_path).epoch == 2 and on_disk() == [
+        name.replace("epoch-0001", "epoch-0002") for name in first]
 
 
 def test_an_export_onto_a_full_disk_leaves_nothing_behind(tmp_path, monkeypatch, make_model):

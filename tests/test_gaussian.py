@@ -78,7 +78,7 @@ def test_callbacks_work_in_user_code(model, binary_images):
 def test_weights_and_keras_round_trip(model, binary_images, tmp_path):
     import warnings
 
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), run_eagerly=True)  # 4 steps: no trace
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         model.fit(binary_images, epochs=1, batch_size=64, verbose=0, callbacks=[

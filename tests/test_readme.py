@@ -151,7 +151,6 @@ def test_every_block_runs(page, tmp_path, monkeypatch):
 
 def _run(page: Path, tmp_path: Path, monkeypatch, slow: bool) -> None:
     from click.testing import CliRunner
-
     from tfvae_cli.main import cli
 
     monkeypatch.chdir(tmp_path)
