@@ -328,3 +328,20 @@ def test_the_commit_point_is_flushed_to_disk_and_its_copies_are_not(tmp_path, mo
     assert json.loads((tmp_path / layout.CHECKPOINTS / layout.RESUME).read_text())["epoch"] == 1
     assert json.loads((tmp_path / layout.METRICS_JSON).read_text()) == state.history
     assert json.loads((tmp_path / layout.STATUS).read_text())["status"] == "completed"
+
+
+def test_best_is_a_second_name_of_last_until_last_is_replaced(tmp_path):
+    """An improving epoch links ``best`` to ``last``; the next ``last`` leaves ``best`` whole."""
+    import os
+
+    from tfvae.runs.recorder import _link_or_copy
+
+    last, best = tmp_path / "last", tmp_path / "best"
+    last.write_bytes(b"epoch 1")
+    best.write_bytes(b"stale")
+    _link_or_copy(last, best)
+    assert best.read_bytes() == b"epoch 1" and os.path.samefile(last, best)
+    new = tmp_path / "new"
+    new.write_bytes(b"epoch 2")
+    os.replace(new, last)  # how the recorder replaces `last`
+    assert best.read_bytes() == b"epoch 1" and last.read_bytes() == b"epoch 2"

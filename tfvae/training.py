@@ -428,9 +428,11 @@ def _validation(session: Session):
         return val.dataset(min(config.batch_size, len(val)))
     size = max(config.batch_size, VAL_BATCH) if config.arch == "mlp" else config.batch_size
     from tfvae._keras import tf
+    from tfvae.models.inputs import checked
 
     rows = np.asarray(val, np.float32)  # sliced, no map or autotuning: a cheap iterator
-    return tf.data.Dataset.from_tensor_slices(rows).batch(min(size, len(val)))
+    # Prepared by the data layer, so its values need no check in every batch.
+    return checked(tf.data.Dataset.from_tensor_slices(rows).batch(min(size, len(val))))
 
 
 def _callbacks(session: Session, feed: Feed, has_val: bool, guard, stop) -> list:

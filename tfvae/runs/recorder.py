@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -25,6 +26,18 @@ from tfvae.runs.store import weights_digest
 def cut_short(callbacks) -> bool:
     """Whether any of ``callbacks`` (``stopped`` properties) marks the epoch as cut short."""
     return any(getattr(c, "stopped", False) for c in callbacks)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` holds ``source``'s bytes: a hard link where the file system has them."""
+    Path(target).unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:  # no hard links here: a new file (never through a link), then the bytes
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                     0o644)
+        with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst)
 
 
 class RunRecorder(keras.callbacks.Callback):
@@ -147,9 +160,9 @@ class RunRecorder(keras.callbacks.Callback):
             with files.atomic_path(folder / layout.LAST) as last:
                 self.model.save_weights(str(last))
                 digest = weights_digest(last)
-                if improved:  # the same weights: a copy costs less than serializing again
+                if improved:  # the same file: a second link to it, replaced with the next `last`
                     with files.atomic_path(folder / layout.BEST) as best:
-                        shutil.copyfile(last, best)
+                        _link_or_copy(last, best)
             return {layout.LAST: digest, **({layout.BEST: digest} if improved else {})}
         except BaseException as exc:
             for partial in (folder / prefix).parent.glob(Path(prefix).name + ".*"):
