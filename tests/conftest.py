@@ -162,3 +162,23 @@ def _lock_held_by_another_process(run_dir):
         holder.wait()
         holder.stdin.close()
         holder.stdout.close()
+
+
+@pytest.fixture
+def recorder(tmp_path, make_model):
+    """A RunRecorder of a small compiled model writing ``tmp_path``, as ``fit`` sets it up."""
+    from tfvae._keras import keras
+    from tfvae.runs.recorder import RunRecorder
+
+    model = make_model("gaussian")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    recorder = RunRecorder(tmp_path, monitor="loss")
+    recorder.set_model(model)
+    recorder.on_train_begin()
+    return recorder
+
+
+def recorder_epoch(recorder, epoch, loss):
+    """Runs epoch ``epoch`` (from 0) of ``recorder`` with a given loss."""
+    recorder.on_epoch_begin(epoch)
+    recorder.on_epoch_end(epoch, {"loss": loss})

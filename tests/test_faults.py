@@ -17,7 +17,7 @@ import threading
 
 import pytest
 from click.testing import CliRunner
-from conftest import SMALL_RUN
+from conftest import SMALL_RUN, recorder_epoch
 from tfvae_cli.main import cli
 
 import tfvae
@@ -311,25 +311,6 @@ def test_a_full_disk_during_the_final_evaluation_says_to_resume(copy_run, monkey
     assert run.status["status"] == "completed" and (out / layout.EVALUATION).is_file()
 
 
-@pytest.fixture
-def recorder(tmp_path, make_model):
-    """A RunRecorder of a small compiled model writing ``tmp_path``, as ``fit`` sets it up."""
-    from tfvae._keras import keras
-    from tfvae.runs.recorder import RunRecorder
-
-    model = make_model("gaussian")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    recorder = RunRecorder(tmp_path, monitor="loss")
-    recorder.set_model(model)
-    recorder.on_train_begin()
-    return recorder
-
-
-def _epoch(recorder, epoch, loss):
-    recorder.on_epoch_begin(epoch)
-    recorder.on_epoch_end(epoch, {"loss": loss})
-
-
 def _fill_the_disk_at(where, monkeypatch, recorder):
     """Makes the next write of ``where`` (state, last or best weights) hit a full disk."""
     import tfvae.runs.recorder
@@ -363,17 +344,17 @@ def test_a_full_disk_in_an_epoch_keeps_the_one_before(recorder, tmp_path, monkey
     with monkeypatch.context() as patch:
         _fill_the_disk_at(where, patch, recorder)
         with pytest.raises(files.StorageError, match="is full.*no completed epoch is kept"):
-            _epoch(recorder, 0, 2.0)
+            recorder_epoch(recorder, 0, 2.0)
     assert on_disk() == ["state"] and record.read(tmp_path) is None
 
-    _epoch(recorder, 0, 2.0)
+    recorder_epoch(recorder, 0, 2.0)
     first = on_disk()
     assert first == ["best.weights.h5", "last.weights.h5", "resume.json", "state",
                      "state/epoch-0001.data-00000-of-00001", "state/epoch-0001.index"]
     with monkeypatch.context() as patch:
         _fill_the_disk_at(where, patch, recorder)
         with pytest.raises(files.StorageError) as info:
-            _epoch(recorder, 1, 1.0)  # improves: state, last and best are all written
+            recorder_epoch(recorder, 1, 1.0)  # improves: state, last and best are all written
     message = str(info.value)
     assert "is full" in message and "epoch 1 is kept" in message
     assert f"tfvae train --resume {tmp_path}" in message
@@ -383,7 +364,7 @@ def test_a_full_disk_in_an_epoch_keeps_the_one_before(recorder, tmp_path, monkey
     for name in (layout.LAST, layout.BEST):
         assert store.weights_digest(checkpoints / name) == state.weights[name]
 
-    _epoch(recorder, 1, 1.0)
+    recorder_epoch(recorder, 1, 1.0)
     assert record.read(tmp_path).epoch == 2 and on_disk() == [
         name.replace("epoch-0001", "epoch-0002") for name in first]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import SMALL_RUN
+from conftest import SMALL_RUN, recorder_epoch
 from tfvae_cli.main import cli
 
 import tfvae
@@ -262,25 +262,6 @@ def test_a_second_ctrl_c_while_the_first_is_recorded_still_records_it(tmp_path, 
     assert record.read(out).epoch == 1
 
 
-@pytest.fixture
-def recorder(tmp_path, make_model):
-    """A RunRecorder of a small compiled model writing ``tmp_path``, as ``fit`` sets it up."""
-    from tfvae._keras import keras
-    from tfvae.runs.recorder import RunRecorder
-
-    model = make_model("gaussian")
-    model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    recorder = RunRecorder(tmp_path, monitor="loss")
-    recorder.set_model(model)
-    recorder.on_train_begin()
-    return recorder
-
-
-def _epoch(recorder, epoch, loss):
-    recorder.on_epoch_begin(epoch)
-    recorder.on_epoch_end(epoch, {"loss": loss})
-
-
 def test_ctrl_c_while_an_epoch_is_committed_stops_after_the_commit(recorder, tmp_path,
                                                                   monkeypatch):
     # In a user's own fit (Python's default Ctrl-C) as in tfvae train: a signal between the
@@ -288,7 +269,7 @@ def test_ctrl_c_while_an_epoch_is_committed_stops_after_the_commit(recorder, tmp
     from tfvae.runs import store
 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    _epoch(recorder, 0, 2.0)
+    recorder_epoch(recorder, 0, 2.0)
     real = record.write
 
     def ctrl_c_then_write(run_dir, state):
@@ -298,7 +279,7 @@ def test_ctrl_c_while_an_epoch_is_committed_stops_after_the_commit(recorder, tmp
     recorder.model.set_weights([w + 1.0 for w in recorder.model.get_weights()])
     monkeypatch.setattr(record, "write", ctrl_c_then_write)
     with pytest.raises(KeyboardInterrupt):
-        _epoch(recorder, 1, 1.0)
+        recorder_epoch(recorder, 1, 1.0)
     state = record.read(tmp_path)
     assert state.epoch == 2 and state.best_epoch == 2
     for name in (layout.LAST, layout.BEST):
