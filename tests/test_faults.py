@@ -326,7 +326,7 @@ def _fill_the_disk_at(where, monkeypatch, recorder):
         monkeypatch.setattr(type(recorder.model), "save_weights",
                             lambda self, path, *a, **k: _full(path))
     else:
-        monkeypatch.setattr(tfvae.runs.recorder, "_link_or_copy", lambda src, dst: _full(dst))
+        monkeypatch.setattr(tfvae.runs.recorder, "_copy", lambda src, dst: _full(dst))
 
 
 @pytest.mark.parametrize("where", ["state", "last", "best"])

@@ -315,3 +315,16 @@ def test_python_export_is_quiet_and_names_the_python_argument(tmp_path, capfd):
     assert "deprecated" not in out + err
     with pytest.raises(tfvae.TfvaeError, match="overwrite=True"):
         tfvae.export.export(model, tmp_path / "out", precisions=("float32",))
+
+
+def test_calling_the_model_on_images_gives_what_predict_gives(make_model):
+    """``model(images)`` takes what ``predict`` takes: images and uint8 pixels."""
+    import numpy as np
+
+    model = make_model("gaussian", likelihood="gaussian")
+    side = int(round(model.input_dim ** 0.5))
+    pixels = np.random.default_rng(0).integers(0, 256, (4, side, side, 1), dtype=np.uint8)
+    called = model(pixels).numpy()
+    assert called.shape == (4, model.input_dim)
+    np.testing.assert_allclose(called, model.predict(pixels, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(called, model(pixels.reshape(4, -1) / 255.0).numpy(), atol=1e-6)

@@ -330,18 +330,24 @@ def test_the_commit_point_is_flushed_to_disk_and_its_copies_are_not(tmp_path, mo
     assert json.loads((tmp_path / layout.STATUS).read_text())["status"] == "completed"
 
 
-def test_best_is_a_second_name_of_last_until_last_is_replaced(tmp_path):
-    """An improving epoch links ``best`` to ``last``; the next ``last`` leaves ``best`` whole."""
+
+def test_best_is_a_copy_so_an_edit_of_one_checkpoint_leaves_the_other(tmp_path):
+    """``best`` is written as a copy of ``last``: editing one in place leaves the other."""
     import os
 
-    from tfvae.runs.recorder import _link_or_copy
+    from tfvae.runs.recorder import _copy
 
     last, best = tmp_path / "last", tmp_path / "best"
     last.write_bytes(b"epoch 1")
     best.write_bytes(b"stale")
-    _link_or_copy(last, best)
-    assert best.read_bytes() == b"epoch 1" and os.path.samefile(last, best)
-    new = tmp_path / "new"
-    new.write_bytes(b"epoch 2")
-    os.replace(new, last)  # how the recorder replaces `last`
-    assert best.read_bytes() == b"epoch 1" and last.read_bytes() == b"epoch 2"
+    _copy(last, best)
+    assert best.read_bytes() == b"epoch 1" and not os.path.samefile(last, best)
+    with open(best, "ab") as edit:
+        edit.write(b"!")
+    assert last.read_bytes() == b"epoch 1"
+    user = tmp_path / "user"
+    user.write_bytes(b"mine")
+    best.unlink()
+    best.symlink_to(user)
+    _copy(last, best)  # a link planted at the target is replaced, not written through
+    assert user.read_bytes() == b"mine" and best.read_bytes() == b"epoch 1"

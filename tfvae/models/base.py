@@ -320,6 +320,12 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         distribution objects), so a SavedModel traces and serves it as plain
         tensors.
         """
+        x = tf.convert_to_tensor(x)
+        if x.dtype == tf.uint8:  # 8-bit pixels, scaled as fit, evaluate and predict scale them
+            levels = self.likelihood_levels
+            x = tf.cast(x, tf.float32) / (255.0 if levels is None else max(levels - 1, 1))
+        if x.shape.rank != 2:  # images (N, H, W, C) or (N, H, W): rows, as for predict
+            x = tf.reshape(x, [-1, self.input_dim])
         params = _run_body(self.encoder, x, training)
         head = networks.split_head(self.encoder)[1]
         code = params if head is None else head.code(params)

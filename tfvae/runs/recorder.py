@@ -28,16 +28,17 @@ def cut_short(callbacks) -> bool:
     return any(getattr(c, "stopped", False) for c in callbacks)
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """``target`` holds ``source``'s bytes: a hard link where the file system has them."""
+def _copy(source: Path, target: Path) -> None:
+    """``target``, a new file (never written through a link), gets ``source``'s bytes.
+
+    A copy, not a second link: a file edited in place must leave the other
+    checkpoint as it was.
+    """
     Path(target).unlink(missing_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:  # no hard links here: a new file (never through a link), then the bytes
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
-                     0o644)
-        with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                 0o644)
+    with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
+        shutil.copyfileobj(src, dst)
 
 
 class RunRecorder(keras.callbacks.Callback):
@@ -160,9 +161,9 @@ class RunRecorder(keras.callbacks.Callback):
             with files.atomic_path(folder / layout.LAST) as last:
                 self.model.save_weights(str(last))
                 digest = weights_digest(last)
-                if improved:  # the same file: a second link to it, replaced with the next `last`
+                if improved:  # the same weights: a copy costs less than serializing again
                     with files.atomic_path(folder / layout.BEST) as best:
-                        _link_or_copy(last, best)
+                        _copy(last, best)
             return {layout.LAST: digest, **({layout.BEST: digest} if improved else {})}
         except BaseException as exc:
             for partial in (folder / prefix).parent.glob(Path(prefix).name + ".*"):
