@@ -40,7 +40,7 @@ setup(
         "flatbuffers>=24.3",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.6"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5,<4", "hypothesis>=6.100", "ruff>=0.6"],
         # The documentation site: `mkdocs build --strict` (mkdocs.yml, docs/).
         "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings[python]>=0.26,<2"],
     },
