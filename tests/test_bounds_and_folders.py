@@ -147,7 +147,7 @@ def test_networks_whose_weights_cannot_fit_are_refused_with_the_figure(options, 
         Config(**options)
     message = str(info.value)
     assert words in message and "for the weights alone" in message, message
-    assert "GiB" in message and "this machine has 16.0 GiB of memory" in message, message
+    assert "GiB" in message and "the system has 16.0 GiB of memory" in message, message
 
 
 def test_a_network_that_fits_is_accepted(memory):

@@ -42,6 +42,13 @@ def not_wrapped(exc) -> None:
     assert "in user code" not in str(exc) and "Graph execution error" not in str(exc)
 
 
+def assert_serves(model, folder, x, expected) -> None:
+    """``model.export`` (tf_keras' inference-only SavedModel) serves what ``predict`` gave."""
+    model.export(folder)
+    served = tf.saved_model.load(str(folder))
+    np.testing.assert_allclose(served.serve(tf.constant(x)).numpy(), expected, atol=1e-5)
+
+
 # ------------------------------------------------------------------ 1. SavedModel
 
 
@@ -49,9 +56,7 @@ def test_model_export_serves_predict(tmp_path):
     x = bits()
     model = tiny()
     expected = model.predict(x[:8], verbose=0)
-    model.export(tmp_path / "serving")  # tf_keras' inference-only SavedModel
-    served = tf.saved_model.load(str(tmp_path / "serving"))
-    np.testing.assert_allclose(served.serve(tf.constant(x[:8])).numpy(), expected, atol=1e-5)
+    assert_serves(model, tmp_path / "serving", x[:8], expected)
 
 
 @pytest.mark.slow
@@ -90,9 +95,7 @@ def test_every_family_saves_as_saved_model_and_checkpoints(cls, kwargs, tmp_path
         assert type(loaded) is cls
         np.testing.assert_allclose(loaded.predict(x[:8], verbose=0), expected, atol=1e-5)
     loaded.fit(x, epochs=1, verbose=0)  # the checkpoint comes back compiled
-    model.export(tmp_path / "serving")
-    served = tf.saved_model.load(str(tmp_path / "serving"))
-    np.testing.assert_allclose(served.serve(tf.constant(x[:8])).numpy(), expected, atol=1e-5)
+    assert_serves(model, tmp_path / "serving", x[:8], expected)
 
 
 @pytest.mark.slow

@@ -70,7 +70,7 @@ def _refuse(cause: str, nbytes: float, what: str, detail: str = "",
     """Raises ConfigError when ``nbytes`` cannot fit in memory."""
     total = total_memory()
     if total and nbytes > total * MEMORY_SHARE:
-        raise ConfigError(f"{cause} needs about {gib(nbytes)} {what}{detail}; this machine "
+        raise ConfigError(f"{cause} needs about {gib(nbytes)} {what}{detail}; the system "
                           f"has {gib(total)} of memory (tfvae plans for at most "
                           f"{gib(total * MEMORY_SHARE)}): {advice}")
 

@@ -5,7 +5,7 @@
 * :class:`StopOnRequest`: stops at the next step when asked (Ctrl-C, SIGTERM);
 * :class:`BoundEvaluation`: logs the k-sample bound of fixed data every few epochs;
 * :class:`ReleaseMemory`: hands freed heap back after compilation;
-* :class:`Progress`: batches, images/s and metrics, one line per epoch.
+* :class:`Progress`: batches, images, throughput and metrics, one line per epoch.
 
 Example:
   >>> from tfvae.callbacks import KLWarmup
@@ -185,7 +185,7 @@ class ReleaseMemory(keras.callbacks.Callback):
 
 
 class Progress(keras.callbacks.Callback):
-    """Training progress in batches, images and images/s, then one line per epoch.
+    """Training progress in batches, images and throughput, then one line per epoch.
 
     On a terminal the current epoch's line updates in place; otherwise only
     the finished epochs are printed. Counts are batches and images, whatever

@@ -29,14 +29,12 @@ def cut_short(callbacks) -> bool:
 
 
 def _copy(source: Path, target: Path) -> None:
-    """``target``, a new file (never written through a link), gets ``source``'s bytes.
+    """``target``, the new file :func:`tfvae.files.atomic_path` made, gets ``source``'s bytes.
 
     A copy, not a second link: a file edited in place must leave the other
-    checkpoint as it was.
+    checkpoint as it was. Opened without following links, like every run file.
     """
-    Path(target).unlink(missing_ok=True)
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
-                 0o644)
+    fd = os.open(target, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0))
     with open(source, "rb") as src, os.fdopen(fd, "wb") as dst:
         shutil.copyfileobj(src, dst)
 
