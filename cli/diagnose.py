@@ -46,8 +46,9 @@ def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
     At the run's parameters and on a fixed batch of its test split, draws the
     encoder gradient --draws times per estimator and prints its variance
     (trace of the covariance) and signal-to-noise ratio. ema uses the run's
-    own baseline; nvil appears only for runs trained with it; vimco's gradient
-    is of the k-sample bound, the others' of the ELBO.
+    own baseline; nvil and relax appear only for runs trained with them (their
+    baseline network, their learned control variate); vimco's gradient is of
+    the k-sample bound, the others' of the ELBO.
 
     \b
     Examples:
@@ -64,6 +65,10 @@ def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
     if draws < 2:
         raise click.ClickException(f"--draws must be an integer >= 2, got {draws}")
     config = load_config(run_dir)
+    if config.inference != "amortized":
+        raise click.ClickException(
+            f"{run_dir} was trained by --inference {config.inference}, without an encoder or a "
+            "gradient estimator; diagnose compares estimators of --inference amortized runs")
     if not family(config.model).estimators:
         accepted = [name for name, spec in FAMILIES.items() if spec.estimators]
         raise click.ClickException(
@@ -89,8 +94,10 @@ def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
         return
     click.echo(f"run trained with {config.estimator} (running baseline {shown}); "
                f"{len(x)} examples, {draws} draws")
-    click.echo(f"{'estimator':>10} {'variance':>12} {'mean |g|^2':>12} {'snr':>8} "
+    width = max([10, *map(len, results)])
+    click.echo(f"{'estimator':>{width}} {'variance':>12} {'mean |g|^2':>12} {'snr':>8} "
                f"{'norm snr':>9}  objective")
     for name, r in results.items():
-        click.echo(f"{name:>10} {r['variance']:12.4g} {r['mean_sq_norm']:12.4g} "
-                   f"{r['snr']:8.3f} {r['norm_snr']:9.3f}  {r['objective']}")
+        objective = r["objective"] + (" (biased)" if r["biased"] else "")
+        click.echo(f"{name:>{width}} {r['variance']:12.4g} {r['mean_sq_norm']:12.4g} "
+                   f"{r['snr']:8.3f} {r['norm_snr']:9.3f}  {objective}")

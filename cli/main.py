@@ -67,6 +67,7 @@ def train(out, resume, **options):
           --kl-warmup 30 --batch-size 64 --output-bias-from-data
       tfvae train --data-dir photos/ --image-size 32,32 --arch conv
       tfvae train --model sbn --stochastic-layers 2 --estimator disarm
+      tfvae train --model sbn --inference mean-field --hidden ''
       tfvae train --resume runs/z2 --epochs 50
       tfvae train --strategy mirrored --batch-size 512   # every local GPU
     """

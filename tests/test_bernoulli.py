@@ -43,7 +43,7 @@ def test_structure_and_config():
     assert model.latent_quantiles() is None
     config = model.get_config()
     for key in ("estimator", "baseline_decay", "num_samples", "learn_prior", "nvil_hidden",
-                "nvil_normalize"):
+                "nvil_normalize", "temperature"):
         assert key in config
     json.dumps(config)
     clone = tfvae.BernoulliVAE.from_config(config)
@@ -62,6 +62,9 @@ def test_invalid_options():
         _model(estimator="rloo", num_samples=1)
     with pytest.raises(ValueError, match="baseline_decay"):
         _model(baseline_decay=1.0)
+    for bad in (0.0, -1.0, "warm", True):
+        with pytest.raises(ValueError, match="temperature must be a positive number"):
+            _model(estimator="gumbel", temperature=bad)
 
 
 def test_config_kwargs_and_build_model():
@@ -155,12 +158,16 @@ def test_a_run_keeps_its_baseline_and_the_cli_diagnoses_it(trained_run, tiny_run
                                  "--n-examples", "32", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)  # stderr (warnings) kept apart by click >= 8.2
-    assert set(report["estimators"]) == {"reinforce", "ema", "rloo", "disarm", "vimco"}
+    assert {"reinforce", "ema", "rloo", "disarm", "vimco", "arm", "gumbel",
+            "straight-through"} <= set(report["estimators"])
+    assert "nvil" not in report["estimators"]  # a run trained with ema has no c(x)
+    assert report["estimators"]["gumbel"]["biased"] and not report["estimators"]["arm"]["biased"]
     assert report["trained_with"] == "ema"
     result = runner.invoke(cli, ["diagnose", str(run.path), "--draws", "2",
                                  "--n-examples", "16"])
     assert result.exit_code == 0, result.output
     assert "reinforce" in result.output and "variance" in result.output
+    assert "elbo (biased)" in result.output
     result = runner.invoke(cli, ["diagnose", str(tiny_run)])
     assert result.exit_code == 1, result.output
     assert "Gaussian VAE run" in result.output and "sbn" in result.output, result.output

@@ -41,6 +41,8 @@ def test_image_shape_is_height_width_channels():
         ("iwae_k", 0, "--iwae-k"),
         ("components", "many", "auto"),
         ("baseline_decay", 1.5, "--baseline-decay"),
+        ("temperature", 0.0, "--temperature"),
+        ("temperature", float("nan"), "--temperature"),
     ],
 )
 def test_invalid_values_name_the_option(field, value, words):

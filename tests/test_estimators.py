@@ -23,7 +23,8 @@ from tfvae.estimators import ESTIMATORS, Problem, State
 
 LATENT = 3
 PIXELS = 20
-ELBO_ESTIMATORS = ("reinforce", "ema", "nvil", "rloo", "disarm")
+ELBO_ESTIMATORS = ("reinforce", "ema", "nvil", "rloo", "disarm", "arm")
+RELAXED = ("gumbel", "straight-through")  # biased: their bias is measured, not assumed 0
 SIGMAS = 5.0
 
 
@@ -80,7 +81,8 @@ def _exact_k_bound(model, x1, logits, k=2):
     return tf.reduce_sum(tf.exp(tuple_log_q) * bound)
 
 
-def _per_draw_logit_grads(model, x1, name, draws, seed, state=None, num_samples=4):
+def _per_draw_logit_grads(model, x1, name, draws, seed, state=None, num_samples=4,
+                          temperature=0.5):
     """Per-draw gradients of the surrogate loss wrt the logits: ``[draws, latent]``.
 
     Every row of the batch is the same example, so row i's gradient is one
@@ -103,6 +105,7 @@ def _per_draw_logit_grads(model, x1, name, draws, seed, state=None, num_samples=
             decay=0.9,
             input_baseline=tf.fill([draws], -2.0),  # a fixed c(x), as at some point of training
             normalize=False,
+            temperature=temperature,
         )
         est = ESTIMATORS[name](problem, state)
     return tape.gradient(est.loss, a).numpy() * draws, a1
@@ -159,7 +162,7 @@ def _model_grads(model, x, name, seed):
                                              + model.decoder.trainable_variables)]
 
 
-@pytest.mark.parametrize("name", ("ema", "nvil", "rloo", "disarm", "vimco"))
+@pytest.mark.parametrize("name", ("ema", "nvil", "rloo", "disarm", "vimco", "arm"))
 def test_model_gradient_unbiased(name, problem_data):
     """Through the model's own wiring: encoder AND decoder gradients match enumeration."""
     model = _model(estimator=name, nvil_normalize=False,
@@ -205,6 +208,8 @@ def test_baselines_reduce_variance(problem_data):
     assert expected_f < -5.0  # the regime baselines fix: a signal with a large mean
     for name in ("ema", "nvil", "rloo"):
         assert variance[name] * 2.0 <= variance["reinforce"], variance
+    # DisARM is ARM averaged over u given the pair (Dong et al. 2020): never noisier.
+    assert variance["disarm"] < variance["arm"], variance
 
 
 def test_ema_updates_after_use():
@@ -244,8 +249,12 @@ def test_gradient_variance_diagnostics(problem_data):
     model.baseline_mean.assign(-14.0)
     model.baseline_initialized.assign(1.0)
     x = tf.tile(problem_data[None], [64, 1])
-    assert available_estimators(model) == ("reinforce", "ema", "rloo", "disarm", "vimco")
-    stats = gradient_variance(model, x, estimators=("reinforce", "ema", "vimco"), num_draws=10)
+    usable = available_estimators(model)
+    assert "nvil" not in usable  # no c(x) network in a model trained with ema
+    assert {"reinforce", "ema", "rloo", "disarm", "vimco", "arm", "gumbel",
+            "straight-through"} <= set(usable)
+    stats = gradient_variance(model, x, estimators=("reinforce", "ema", "vimco", "gumbel"),
+                              num_draws=10)
     for s in stats.values():
         assert s["variance"] > 0 and np.isfinite(s["snr"]) and s["mean_sq_norm"] > 0
     assert stats["ema"]["variance"] < stats["reinforce"]["variance"]
@@ -254,3 +263,67 @@ def test_gradient_variance_diagnostics(problem_data):
 
     with pytest.raises(ConfigError, match="nvil"):
         gradient_variance(model, x, estimators=("nvil",), num_draws=2)
+
+
+def _bias(model, x1, name, temperature, draws=20000):
+    """Mean gradient minus the exact ELBO gradient wrt the logits, and its noise (norms)."""
+    grads, a1 = _per_draw_logit_grads(model, x1, name, draws=draws, seed=5,
+                                      temperature=temperature)
+    exact = _exact_logit_grad(model, x1, a1, name)
+    stderr = grads.std(axis=0, ddof=1) / np.sqrt(len(grads))
+    bias = grads.mean(axis=0) - exact
+    return np.linalg.norm(bias), np.linalg.norm(stderr), np.linalg.norm(exact)
+
+
+@pytest.mark.parametrize("name", RELAXED)
+def test_relaxations_are_biased_and_the_bias_is_bounded(name, problem_data):
+    """At temperature 1 the bias is far outside the noise, yet under 15% of the gradient;
+    at 0.2 it is less than half as large: the relaxation tends to the discrete model."""
+    model = _model()
+    warm, noise, exact = _bias(model, problem_data, name, temperature=1.0)
+    assert SIGMAS * noise < warm < 0.15 * exact, (warm, noise, exact)
+    cold, noise, _ = _bias(model, problem_data, name, temperature=0.2)
+    assert cold < 0.5 * warm, (cold, noise, warm)
+
+
+def test_relaxed_gradients_stay_finite_for_saturated_units(problem_data):
+    """A logit of 60 at a low temperature: the sigmoid saturates, the gradient is 0, not NaN."""
+    model = _model()
+    x = tf.tile(problem_data[None], [64, 1])
+    for name in RELAXED:
+        with tf.GradientTape() as tape:
+            a = tf.constant([[60.0, -60.0, 0.3]] * 64)
+            tape.watch(a)
+            est = ESTIMATORS[name](Problem(
+                logits=a, log_likelihood=lambda z: model.log_likelihood(z, x), log_prior=None,
+                kl=_kl(model, a), kl_weight=tf.constant(1.0), seed=tf.constant([3, 4]),
+                temperature=0.05), EMPTY)
+        grad = tape.gradient(est.loss, a).numpy()
+        assert np.all(np.isfinite(grad)) and np.isfinite(float(est.loss)), name
+
+
+def test_straight_through_decodes_hard_codes_and_gumbel_relaxed_ones(problem_data):
+    """straight-through's decoder input is an exact binary draw (its loss reads as -ELBO);
+    gumbel's is the relaxed sample in (0, 1), and its reported term is at the hard code."""
+    model = _model()
+    x = tf.tile(problem_data[None], [16, 1])
+    seen = []
+
+    def log_likelihood(z):
+        seen.append(z)
+        return model.log_likelihood(z, x)
+
+    a = model.encoder_logits(x)
+    problem = Problem(logits=a, log_likelihood=log_likelihood, log_prior=None, kl=_kl(model, a),
+                      kl_weight=tf.constant(1.0), seed=tf.constant([1, 2]), temperature=0.5)
+    est = ESTIMATORS["straight-through"](problem, EMPTY)
+    hard = seen[-1].numpy()
+    assert set(np.unique(hard)) <= {0.0, 1.0}
+    np.testing.assert_allclose(est.log_likelihood, model.log_likelihood(hard, x), rtol=1e-6)
+    np.testing.assert_allclose(est.loss, tf.reduce_mean(-est.log_likelihood + problem.kl),
+                               rtol=1e-6)
+    est = ESTIMATORS["gumbel"](problem, EMPTY)
+    relaxed, code = seen[-1].numpy()  # [2, batch, latent]: relaxed, hard
+    assert np.all((relaxed > 0) & (relaxed < 1)) and len(np.unique(relaxed)) > 2
+    np.testing.assert_array_equal(code, (relaxed > 0.5).astype(np.float32))
+    np.testing.assert_allclose(est.log_likelihood, model.log_likelihood(code, x), rtol=1e-6)

@@ -22,6 +22,7 @@ _LAZY = {
     "GaussianVAE": ("tfvae.models.gaussian", "GaussianVAE"),
     "BernoulliVAE": ("tfvae.models.bernoulli", "BernoulliVAE"),
     "StackedBernoulliVAE": ("tfvae.models.stacked", "StackedBernoulliVAE"),
+    "MeanFieldSBN": ("tfvae.models.mean_field", "MeanFieldSBN"),
     "Autoencoder": ("tfvae.models.autoencoder", "Autoencoder"),
     "GMMSampler": ("tfvae.gmm", "GMMSampler"),
     "evaluate": ("tfvae.evaluation", "evaluate"),

@@ -213,8 +213,8 @@ def samples_per_example(config) -> int:
     """Decoder passes per example in a training step (several for multi-sample estimators)."""
     if config.model not in ("bernoulli", "sbn"):
         return 1
-    return int(config.num_samples) if options.ESTIMATORS[config.estimator].min_samples > 1 \
-        else 2 if config.estimator == "disarm" else 1
+    spec = options.ESTIMATORS[config.estimator]
+    return int(config.num_samples) if spec.min_samples > 1 else spec.decoder_passes
 
 
 def check_feasible(config, splits=None) -> None:

@@ -37,6 +37,8 @@ MODEL_FIELDS = (
     "levels",
     "activation",
     "center_input",
+    "init",
+    "head_init",
 )
 
 #: Fields a resumed run may change (``tfvae train --resume DIR --epochs N``).
@@ -187,6 +189,10 @@ class Config:
                                       kind="sizes")
     activation: str = _option("relu", "Nonlinearity of the hidden dense layers.",
                               choices=options.ACTIVATIONS)
+    init: str = _option("glorot", "How the hidden layers' weights start.", choices=options.INITS)
+    head_init: str | None = _option(
+        None, "How the layers giving the distributions' parameters start [default: --init].",
+        choices=options.INITS)
     decoder_hidden: tuple[int, ...] | None = _option(
         None, "Decoder hidden sizes [default: the encoder's, mirrored]; '' for linear.",
         kind="sizes")
@@ -234,9 +240,21 @@ class Config:
         0.9, "Moving-average baseline decay (bernoulli and sbn models, ema and nvil).")
     num_samples: int = _option(
         4, "Samples per example for rloo / vimco (bernoulli and sbn models).")
+    temperature: float = _option(
+        0.5, "Concrete relaxation temperature of gumbel / straight-through (bernoulli and sbn "
+        "models); lower: less bias, more variance.")
     learn_prior: bool = _option(False, "Learned prior logits (bernoulli and sbn models).",
                                 flag="--learn-prior/--fixed-prior")
     stochastic_layers: int = _option(2, "Layers of --latent-dim binary units (sbn model).")
+    inference: str = _option(
+        "amortized", "How posteriors are fitted (mean-field: sbn model, linear layers, Bernoulli "
+        "pixels).", choices=options.INFERENCE)
+    mean_field_steps: int = _option(
+        5, "Updates of a batch's mean-field parameters before each weight step "
+        "(--inference mean-field).")
+    mean_field_eval_steps: int = _option(
+        50, "Updates of the mean-field parameters fitted to validation and test examples "
+        "(--inference mean-field).")
     prior_lr: float | None = _option(
         None, "Train the learned prior logits with plain SGD at this learning rate (e.g. 0.01) "
         "[default: with the model's Adam].", kind="float")
@@ -257,6 +275,7 @@ class Config:
     input_dim: int | None = _option(None, "Values per example (from the data).", cli=False)
     levels: int | None = _option(
         None, "Values per pixel and channel of discrete data (from the data).", cli=False)
+    train_examples: int | None = _option(None, "Training examples (from the data).", cli=False)
 
     def __post_init__(self):
         self.hidden = parse_sizes(self.hidden, "hidden")
@@ -311,6 +330,9 @@ class Config:
                               "or leave out --output-bias-from-data")
         if not (_finite(self.baseline_decay) and 0.0 <= self.baseline_decay < 1.0):
             raise ConfigError(f"--baseline-decay must be in [0, 1), got {self.baseline_decay!r}")
+        if not (_finite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"--temperature must be a positive number (e.g. 0.5), "
+                              f"got {self.temperature!r}")
         needed = options.ESTIMATORS[self.estimator].min_samples
         if self.num_samples < needed:
             raise ConfigError(
@@ -318,6 +340,7 @@ class Config:
                 f"got {self.num_samples}"
             )
         self.components = parse_components(self.components)
+        check_inference(self)
         if self.tfds_data_dir is not None:
             check_text_path(self.tfds_data_dir, "--tfds-data-dir")
         budget.check_config(self)
@@ -382,6 +405,39 @@ class Config:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"configuration is not valid JSON: {exc}") from None
         return cls.from_dict(data)
+
+
+#: Most mean-field updates per batch (``--mean-field-steps``, ``--mean-field-eval-steps``).
+MAX_MEAN_FIELD_STEPS = 100_000
+
+
+def check_inference(config) -> None:
+    """Refuses ``--inference mean-field`` where its closed-form bound does not apply.
+
+    Called by validation and again once the data have set the likelihood.
+    """
+    for name in ("mean_field_steps", "mean_field_eval_steps"):
+        _positive_int(name, getattr(config, name))
+        if getattr(config, name) > MAX_MEAN_FIELD_STEPS:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(config, name)} is more than "
+                              f"tfvae supports ({MAX_MEAN_FIELD_STEPS:,}); use fewer")
+    if config.train_examples is not None:
+        _positive_int("train_examples", config.train_examples)
+    if config.inference == "amortized":
+        return
+    flag = f"--inference {config.inference}"
+    if config.model != "sbn":
+        raise ConfigError(f"{flag} trains sigmoid belief networks: use it with --model sbn, or "
+                          "leave out --inference")
+    if config.hidden or config.decoder_hidden or config.arch != "mlp":
+        raise ConfigError(f"{flag} needs linear layers (its bound is closed form for linear "
+                          "conditionals) and has no encoder: pass --hidden '' (no "
+                          "--decoder-hidden, --arch mlp), or use --inference amortized")
+    if config.likelihood not in (None, "bernoulli"):
+        raise ConfigError(f"{flag} needs Bernoulli pixels, not --likelihood {config.likelihood}: "
+                          "binary or binarized data with --likelihood bernoulli")
+    if config.strategy != "default":
+        raise ConfigError(f"{flag} trains on one device: leave out --strategy")
 
 
 def parse_components(value) -> int | str:

@@ -13,15 +13,18 @@ from __future__ import annotations
 import numpy as np
 
 from tfvae import estimators as estimators_lib
+from tfvae import options
 from tfvae.errors import ConfigError
 
 
 def available_estimators(model) -> tuple[str, ...]:
-    """Registered estimators that ``model`` can run (``nvil`` needs its ``c(x)`` network)."""
+    """Registered estimators that ``model`` can run (``nvil`` needs its ``c(x)`` network,
+    ``relax`` its learned control variate: models trained with them)."""
     return tuple(
         name
         for name, fn in estimators_lib.ESTIMATORS.items()
-        if not fn.input_baseline or getattr(model, "baseline_net", None) is not None
+        if (not fn.input_baseline or getattr(model, "baseline_net", None) is not None)
+        and (not fn.control_variate or getattr(model, "control_variables", ()))
     )
 
 
@@ -43,7 +46,9 @@ def gradient_variance(model, x, estimators=None, num_draws: int = 50, seed: int 
 
     Returns:
       ``{name: stats}`` with, per estimator: ``objective`` (``"elbo"`` or
-      ``"k-sample bound"``: what the gradient is of), ``num_samples`` (samples
+      ``"k-sample bound"``: what the gradient is of), ``biased`` (a relaxation,
+      whose mean is not that gradient: a low variance is not the whole story),
+      ``num_samples`` (samples
       per example for ``rloo``/``vimco``; 1 otherwise, DisARM's being one
       antithetic pair), ``variance`` (trace of the gradient's covariance over
       encoder parameters, summed per-parameter variances), ``mean_sq_norm``
@@ -65,7 +70,8 @@ def gradient_variance(model, x, estimators=None, num_draws: int = 50, seed: int 
         estimators_lib.get(name)  # unknown names: ValueError listing the choices
         if name not in usable:
             raise ConfigError(
-                f"estimator {name!r} needs a model trained with it (its baseline network); "
+                f"estimator {name!r} needs a model trained with it (its baseline network or "
+                f"control variate); "
                 f"this model can use: {', '.join(usable)}"
             )
     x = tf.convert_to_tensor(np.asarray(x, np.float32).reshape(-1, model.input_dim))
@@ -76,6 +82,7 @@ def gradient_variance(model, x, estimators=None, num_draws: int = 50, seed: int 
         draws = _draws(model, x, name, k, int(num_draws), seed)  # [draws, params]
         results[name] = {
             "objective": fn.objective,
+            "biased": options.ESTIMATORS[name].biased,
             "num_samples": k if fn.min_samples > 1 else 1,
             **_spread(draws),
         }

@@ -15,7 +15,7 @@ import numpy as np
 from tfvae import files
 from tfvae.errors import TfvaeWarning
 from tfvae.runs import layout, record
-from tfvae.runs.families import family
+from tfvae.runs.families import family_for, family_of
 from tfvae.runs.run_data import train_float
 from tfvae.runs.store import Run, load_model
 from tfvae.runtime import release_memory
@@ -46,7 +46,7 @@ def finish_run(out: Path, config, splits, data_info: dict, figures: bool = True,
     # before evaluation allocates its own.
     release_memory()
     model, _ = load_model(out, "best", extras=False, into=model)
-    spec = family(config.model)
+    spec = family_for(config)
     if spec.post_fit is not None:
         spec.post_fit(model, train_float(splits, config.seed), config.seed)
     if spec.save_extras is not None:
@@ -100,7 +100,7 @@ def write_figures(out: Path, model, splits, history) -> list[Path]:
         paths.append(fig.save_latent_scatter(
             folder / "latent.png", codes,
             None if splits.y_test is None else splits.y_test[:2000], label_name="label"))
-    spec = family(model.model_type)
+    spec = family_of(model)
     if spec.figures is not None:
         paths += spec.figures(model, folder, test)
     return paths

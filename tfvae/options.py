@@ -27,12 +27,21 @@ class Estimator:
       min_samples: the smallest ``num_samples`` it works with.
       input_baseline: whether the model must own a baseline network ``c(x)``.
       objective: ``"elbo"`` or ``"k-sample bound"``: what the gradient is of.
+      biased: its mean is not the objective's gradient (a relaxation).
+      decoder_passes: decoder passes per example of a one-sample estimator
+        (2 for an antithetic pair or a relaxed sample beside its hard one).
+      control_variate: whether the model must own a learned control variate
+        (``relax``'s network, temperature and scale), which its training step
+        fits to minimise the estimator's variance.
     """
 
     summary: str
     min_samples: int = 1
     input_baseline: bool = False
     objective: str = "elbo"
+    biased: bool = False
+    decoder_passes: int = 1
+    control_variate: bool = False
 
 
 #: ``--model``: model family -> summary (implemented by ``tfvae.runs.FAMILIES``).
@@ -51,9 +60,27 @@ ESTIMATORS = {
                       input_baseline=True),
     "rloo": Estimator("leave-one-out baseline over k samples (Kool et al. 2019)",
                       min_samples=2),
-    "disarm": Estimator("antithetic pairs sharing one uniform (Dong et al. 2020)"),
+    "disarm": Estimator("antithetic pairs sharing one uniform (Dong et al. 2020)",
+                        decoder_passes=2),
     "vimco": Estimator("k-sample bound with leave-one-out signals (Mnih & Rezende 2016)",
                        min_samples=2, objective="k-sample bound"),
+    "arm": Estimator("augment-REINFORCE-merge: antithetic pairs (Yin & Zhou 2019)",
+                     decoder_passes=2),
+    "gumbel": Estimator("(biased) Concrete / Gumbel-Softmax relaxation at --temperature "
+                        "(Maddison et al. 2017; Jang et al. 2017)", biased=True,
+                        decoder_passes=2),
+    "straight-through": Estimator("(biased) straight-through Gumbel: hard sample forward, "
+                                  "relaxed gradient (Jang et al. 2017)", biased=True),
+    "relax": Estimator("REBAR-style relaxed control variate with a learned network and "
+                       "temperature (Grathwohl et al. 2018)", decoder_passes=3,
+                       control_variate=True),
+}
+
+#: ``--inference``: how posteriors are fitted (``tfvae.runs.families.INFERENCE``).
+INFERENCE = {
+    "amortized": "an encoder network q(z|x), trained with the model",
+    "mean-field": "per-example factorised posteriors, Saul, Jaakkola & Jordan (1996) (sbn, "
+                  "linear, Bernoulli pixels)",
 }
 
 #: ``--strategy``: ``tf.distribute`` strategies (``tfvae.distribute.STRATEGIES``).
@@ -83,6 +110,13 @@ BINARIZE = {
     "static": "one fixed draw per pixel (the shared bindata protocol)",
     "dynamic": "a fresh draw per pixel every epoch",
     "threshold": "1 where the scaled value exceeds 0.5",
+}
+
+#: ``--init`` and ``--head-init``: how a layer's weights start (``tfvae.networks.initializers``).
+INITS = {
+    "glorot": "Glorot-uniform weights, zero biases (Keras' default)",
+    "fan-in": "weights and biases uniform in +-1/sqrt(fan-in) (PyTorch's default)",
+    "he": "He-uniform weights (for ReLU layers), zero biases",
 }
 
 #: ``--activation``: hidden layers' nonlinearity (``tfvae.networks.ACTIVATIONS``).

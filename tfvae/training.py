@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import signal
 import threading
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from tfvae.errors import ConfigError, Interrupted, RunDirError, TfvaeError
 from tfvae.final_evaluation import finish_run
 from tfvae.fused_blocks import is_block
 from tfvae.runs import layout, record
-from tfvae.runs.families import family
+from tfvae.runs.families import family_for
 from tfvae.runs.recorder import RunRecorder
 from tfvae.runs.run_data import data_info, load_data
 from tfvae.runs.store import Run, build_model, load_config
@@ -65,15 +66,19 @@ def _fused_feed(config, splits, seed) -> Feed:
                 blocks.block_steps, blocks.rows, {"steps_per_execution": 1, "jit_compile": False})
 
 
-def _keras_feed(config, splits, seed) -> Feed:
+def _keras_feed(config, splits, seed, indices=False) -> Feed:
     from tfvae import data
 
     batches = -(-len(splits.train) // config.batch_size)
+    if splits.streamed and indices:
+        raise ConfigError(f"--inference {config.inference} needs the training data in memory, "
+                          "not a folder of images read file by file: save them as an .npz file")
     if splits.streamed:  # image files, decoded batch by batch
         dataset = splits.train.dataset(config.batch_size, shuffle=True, seed=seed, repeat=True)
-    else:
+    else:  # with indices: (batch, row indices) pairs
         dataset = data.make_pipeline(splits.train, splits.train_mode, config.batch_size,
-                                     splits.levels, shuffle=True, seed=seed, repeat=True)
+                                     splits.levels, shuffle=True, seed=seed, repeat=True,
+                                     indices=indices)
     # compile's own defaults (steps per execution, XLA by architecture).
     return Feed(dataset, batches, batches, 1, len(splits.train), {})
 
@@ -90,6 +95,8 @@ class TrainingPath:
 PATHS = {
     "fused": TrainingPath("blocks of 50 batches, each block one XLA-compiled loop", _fused_feed),
     "keras": TrainingPath("Keras' per-batch loop, several steps per execution", _keras_feed),
+    "indexed": TrainingPath("Keras' loop on (batch, row indices): for per-example parameters",
+                            functools.partial(_keras_feed, indices=True)),
 }
 #: The faster path on one device, per architecture, as ``benchmarks/user_fit.py``
 #: compares them (``--settings default blocks``): XLA speeds up dense layers on a
@@ -103,9 +110,13 @@ def choose_path(config: Config, streamed: bool = False) -> str:
     Under any ``tf.distribute`` strategy other than the default (even with
     one device) the fused blocks cannot run (the optimizer's cross-replica
     update does not fit in the compiled loop): Keras' loop. Data read file by
-    file (``streamed``) are not held as one tensor: Keras' loop. Otherwise the
-    faster path for the architecture (:data:`FASTEST_PATH`).
+    file (``streamed``) are not held as one tensor: Keras' loop. A family that
+    needs its own path (:attr:`tfvae.runs.families.Family.training_path`) takes
+    it. Otherwise the faster path for the architecture (:data:`FASTEST_PATH`).
     """
+    own = family_for(config).training_path
+    if own is not None:
+        return own
     if config.strategy != "default" or streamed:
         return "keras"
     return FASTEST_PATH[config.arch]
@@ -286,7 +297,7 @@ def _resume(out: Path, overrides: dict, options: dict, lock=None) -> Run:
         with _Signals() as signals, _advice_on_interrupt(out, config):
             if lock is None and config.strategy != "multiworker":
                 lock = layout.RunLock(out).acquire()
-            layout.check_entries(out, family(config.model).extra_files)  # before any write
+            layout.check_entries(out, family_for(config).extra_files)  # before any write
             state = record.read(out)  # validated before anything trusts it
             record.check_resume(out, config, state, overrides.get("epochs"))
             strategy = distribute.make_strategy(config.strategy)
@@ -361,7 +372,7 @@ def _fit(session: Session, signals: _Signals):
     feed = PATHS[choose_path(config, session.splits.streamed)].make(
         config, session.splits, config.seed + 1000 * initial_epoch)
     model = _build(session, feed)
-    if family(config.model).post_fit is None and not session.splits.streamed:
+    if family_for(config).post_fit is None and not session.splits.streamed:
         # The pipeline holds its own tensor copy; the numpy one is needed again
         # only by families that fit something on the training rows afterwards.
         # (No local name for them: it would keep them alive through fit.)

@@ -57,6 +57,7 @@ def make_pipeline(
     seed: int,
     drop_remainder: bool = False,
     repeat: bool = False,
+    indices: bool = False,
 ):
     """Builds the ``tf.data`` pipeline of float32 ``(B, D)`` batches.
 
@@ -77,9 +78,11 @@ def make_pipeline(
         seed: Seed of shuffling and of per-batch randomness.
         drop_remainder: Drop the last, smaller batch.
         repeat: Repeat forever (epochs reshuffled and resampled).
+        indices: Yield ``(batch, rows)`` pairs, ``rows`` the batch's int32 row
+            indices in ``x`` (for models that keep parameters per example).
 
     Returns:
-        A ``tf.data.Dataset`` of float32 batches.
+        A ``tf.data.Dataset`` of float32 batches (or of ``(batch, rows)`` pairs).
 
     Raises:
         ConfigError: Unknown mode, bad batch size, or ``dequantize`` without levels.
@@ -95,16 +98,27 @@ def make_pipeline(
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if repeat:
         ds = ds.repeat()
-    ds = ds.map(lambda i: tf.gather(rows, i))
-    fn = functools.partial(spec.batch, levels=levels)
+    # With indices, each batch's row indices ride along as a second component.
+    ds = ds.map(lambda i: (tf.gather(rows, i), tf.cast(i, tf.int32)) if indices
+                else tf.gather(rows, i))
     if spec.seeded:
         # One int64 per batch, new per iteration but reproducible for this seed.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         ds = tf.data.Dataset.zip((ds, seeds))
-    else:
-        fn = functools.partial(fn, seed=None)
-    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(_per_batch(spec, levels, indices), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _per_batch(spec: modes.Mode, levels, indices: bool):
+    """A mode's map of ``batch`` (and its seed), or of ``(batch, rows)`` pairs (and seed)."""
+    fn = functools.partial(spec.batch, levels=levels)
+    if not spec.seeded:
+        fn = functools.partial(fn, seed=None)
+    if not indices:
+        return fn
+    if spec.seeded:
+        return lambda pair, seed: (fn(pair[0], seed), pair[1])
+    return lambda batch, rows: (fn(batch), rows)
 
 
 @dataclass

@@ -30,12 +30,16 @@ stay readable whatever the estimator.
 
 Estimators of the ELBO gradient (the KL to the prior is analytic and added by
 the caller through ``problem.kl``): ``reinforce``, ``ema``, ``nvil``,
-``rloo``, ``disarm``. ``vimco`` estimates the gradient of the k-sample
-importance-weighted bound instead (Mnih & Rezende 2016).
+``rloo``, ``disarm``, ``arm``, ``relax`` (:mod:`tfvae.estimators.relax`),
+and the biased relaxations ``gumbel`` and
+``straight-through`` (pathwise gradients through a Concrete sample: no score
+term). ``vimco`` estimates the gradient of the k-sample importance-weighted
+bound instead (Mnih & Rezende 2016).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -43,6 +47,7 @@ from tfvae import objectives, options
 from tfvae._keras import tf, tfd, tfp
 from tfvae.distribute import global_mean
 from tfvae.errors import ConfigError
+from tfvae.estimators import relax as relax_lib
 
 
 class Problem(NamedTuple):
@@ -51,7 +56,8 @@ class Problem(NamedTuple):
     Attributes:
       logits: ``[batch, latent]`` encoder logits of ``q(z|x)`` (differentiable).
       log_likelihood: callable ``z [..., batch, latent] -> log p(x|z) [..., batch]``
-        (differentiable wrt the decoder; ``z`` is always a stopped sample).
+        (differentiable wrt the decoder, and wrt ``z``: ``z`` is a stopped sample
+        except for the relaxations, ``gumbel`` and ``straight-through``).
       log_prior: callable ``z [..., batch, latent] -> log p(z) [..., batch]``.
       kl: ``[batch]`` analytic ``KL(q(z|x) || p(z))`` already multiplied by the
         KL weight (differentiable wrt encoder and prior).
@@ -62,6 +68,10 @@ class Problem(NamedTuple):
       input_baseline: ``[batch]`` learned baseline ``c(x)`` (differentiable wrt
         the baseline network only), or None when the model has none.
       normalize: ``nvil``: divide the signal by ``max(1, sqrt(running var))``.
+      temperature: temperature of the Concrete relaxation (``gumbel``,
+        ``straight-through``); the default is the floor of Jang et al.'s annealing.
+      control: ``relax``'s learned control variate for this batch, ``z -> c(z)``
+        (:meth:`tfvae.estimators.relax.RelaxControl.bind`), or None.
     """
 
     logits: tf.Tensor
@@ -74,6 +84,8 @@ class Problem(NamedTuple):
     decay: float = 0.9
     input_baseline: tf.Tensor | None = None
     normalize: bool = True
+    temperature: float = 0.5
+    control: Callable | None = None
 
 
 class State(NamedTuple):
@@ -123,7 +135,8 @@ def register(name: str):
     """Registers an estimator function under ``name`` (a decorator).
 
     ``name`` must have an entry in :data:`tfvae.options.ESTIMATORS`, which
-    holds what the function needs (``min_samples``, ``input_baseline``) and
+    holds what the function needs (``min_samples``, ``input_baseline``,
+    ``control_variate``) and
     what it estimates (``objective``); the function gets those as attributes.
     """
     info = options.ESTIMATORS[name]
@@ -132,6 +145,7 @@ def register(name: str):
         fn.min_samples = info.min_samples
         fn.input_baseline = info.input_baseline
         fn.objective = info.objective
+        fn.control_variate = info.control_variate
         ESTIMATORS[name] = fn
         return fn
 
@@ -146,6 +160,17 @@ def get(name: str):
         raise ConfigError(
             f"unknown estimator {name!r}; choose one of: {', '.join(ESTIMATORS)}"
         ) from None
+
+
+def check_temperature(value) -> float:
+    """A Concrete temperature as a float; ConfigError unless a finite positive number."""
+    try:
+        temperature = float(value)
+    except (TypeError, ValueError):
+        temperature = math.nan
+    if isinstance(value, bool) or not (math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"temperature must be a positive number (e.g. 0.5), got {value!r}")
+    return temperature
 
 
 # ------------------------------------------------------------------ helpers
@@ -310,16 +335,32 @@ def disarm(problem: Problem, state: State) -> Estimate:
     average of its gradients at ``b`` and ``b~``.
     """
     a = problem.logits  # [batch, latent]
+    _, b, b_anti, f = _antithetic_pair(problem)
+    diff = 0.5 * tf.stop_gradient(f[0] - f[1])  # [batch]
+    sign = 1.0 - 2.0 * b_anti  # (-1)^{b~}
+    weight = sign * tf.cast(tf.not_equal(b, b_anti), a.dtype) * tf.sigmoid(tf.abs(a))
+    grad_a = diff[:, None] * tf.stop_gradient(weight)  # [batch, latent]
+    return _pair_estimate(problem, f, grad_a, diff)
+
+
+def _antithetic_pair(problem: Problem):
+    """DisARM's and ARM's pair from one uniform per unit, and ``log p(x|.)`` at both.
+
+    Returns ``u``, ``b = 1[u < sigma(a)]``, ``b~ = 1[1 - u < sigma(a)]`` (each
+    ``[batch, latent]``, stopped) and ``f = log p(x|b), log p(x|b~)``, ``[2, batch]``.
+    """
+    a = problem.logits  # [batch, latent]
     u = tf.random.stateless_uniform(tf.shape(a), _seeds(problem.seed, 1)[0],
                                     alg=UNIFORM_ALG)  # [batch, latent]
     p = tf.sigmoid(tf.stop_gradient(a))
     b = tf.cast(u < p, a.dtype)  # [batch, latent]
     b_anti = tf.cast(1.0 - u < p, a.dtype)  # [batch, latent]
-    f = problem.log_likelihood(tf.stack([b, b_anti]))  # [2, batch]
-    diff = 0.5 * tf.stop_gradient(f[0] - f[1])  # [batch]
-    sign = 1.0 - 2.0 * b_anti  # (-1)^{b~}
-    weight = sign * tf.cast(tf.not_equal(b, b_anti), a.dtype) * tf.sigmoid(tf.abs(a))
-    grad_a = diff[:, None] * tf.stop_gradient(weight)  # [batch, latent]
+    return u, b, b_anti, problem.log_likelihood(tf.stack([b, b_anti]))  # f: [2, batch]
+
+
+def _pair_estimate(problem: Problem, f, grad_a, diff) -> Estimate:
+    """The surrogate ``stop(grad_a) * (a - stop(a))`` of a pair; the decoder gets both codes."""
+    a = problem.logits
     score = tf.reduce_sum(grad_a * (a - tf.stop_gradient(a)), axis=-1)  # [batch]
     loss = _elbo_loss(tf.reduce_mean(f, axis=0), score, problem.kl)
     return Estimate(loss, f[0], diff, tf.stop_gradient(f[1]), {})
@@ -355,3 +396,97 @@ def vimco(problem: Problem, state: State) -> Estimate:
     score = tf.reduce_sum(_score_term(signal, log_q), axis=0)  # [batch]
     loss = -tf.reduce_mean(bound + score)
     return Estimate(loss, f[0], signal, baseline, {})
+
+
+@register("arm")
+def arm(problem: Problem, state: State) -> Estimate:
+    """ARM, augment-REINFORCE-merge (Yin & Zhou 2019, ICLR), factorised case.
+
+    From one uniform ``u`` per unit, ``b1 = 1[u > sigma(-a)]`` and ``b2 = 1[u <
+    sigma(a)]`` (DisARM's ``b~`` and ``b``, both exact draws of ``q``); the
+    gradient wrt the logits ``a`` is ``(f(b1) - f(b2)) (u - 1/2)`` per unit,
+    with ``f = log p(x|b)`` (the KL is analytic and separate), as the
+    official DisARM code's ``arm``. Unbiased; DisARM is its expectation over
+    ``u`` given the pair, so DisARM's variance is never larger.
+    """
+    u, _, _, f = _antithetic_pair(problem)  # f[1] = f(b1), f[0] = f(b2)
+    diff = tf.stop_gradient(f[1] - f[0])  # [batch]
+    grad_a = diff[:, None] * (u - 0.5)  # [batch, latent]
+    return _pair_estimate(problem, f, grad_a, diff)
+
+
+def concrete_sample(logits, temperature, seed):
+    """A binary Concrete sample (Maddison et al. 2017), reparameterized: ``[..., units]``.
+
+    ``z~ = sigmoid((a + L) / temperature)`` with standard logistic noise ``L``:
+    the sigmoid of a ``Logistic(a / temperature, 1 / temperature)`` draw, which
+    is how TFP's ``RelaxedBernoulli`` samples (the same values for the same
+    seed). That distribution is not used itself: its sigmoid bijector's
+    gradient is NaN once ``(a + L) / temperature`` overflows ``exp`` in float32
+    (a ``tf.where`` over an infinite branch; tensorflow/probability#1393, a
+    saturated unit is enough), where ``tf.sigmoid``'s gradient goes to 0.
+    """
+    t = tf.cast(temperature, logits.dtype)
+    return tf.sigmoid(tfd.Logistic(logits / t, 1.0 / t).sample(seed=seed))
+
+
+def _relaxed(problem: Problem):
+    """A Concrete sample ``z~`` and its hard code ``b = 1[z~ > 1/2]``, ``[batch, latent]``.
+
+    ``z~ > 1/2`` exactly when ``a + L > 0``, so ``b`` is an exact draw of
+    ``q(z|x)`` whatever the temperature.
+    """
+    z = concrete_sample(problem.logits, problem.temperature, _seeds(problem.seed, 1)[0])
+    return z, tf.stop_gradient(tf.cast(z > 0.5, z.dtype))
+
+
+@register("gumbel")
+def gumbel(problem: Problem, state: State) -> Estimate:
+    """Concrete / Gumbel-Softmax relaxation (Maddison et al. 2017; Jang et al. 2017): biased.
+
+    The decoder is evaluated at the relaxed sample ``z~`` in ``(0, 1)`` and
+    ``log p(x|z~)`` is differentiated pathwise, through ``z~``, to the logits;
+    the KL stays analytic. Its mean is the gradient of the relaxed objective
+    ``E[log p(x|z~)] - KL``, not of the ELBO: biased, the bias vanishing as the
+    temperature goes to 0 while the variance grows. The loss value is the
+    negative single-sample ELBO at the hard code ``b = 1[z~ > 1/2]`` (an exact
+    draw, decoded beside ``z~``), so curves compare with the other estimators';
+    ``signal`` holds the relaxed ``log p(x|z~)``.
+    """
+    z, b = _relaxed(problem)
+    f = problem.log_likelihood(tf.stack([z, b]))  # [2, batch]: relaxed, hard
+    relaxed = f[0] - tf.stop_gradient(f[0])  # value 0, gradient of log p(x|z~)
+    loss = _elbo_loss(tf.stop_gradient(f[1]), relaxed, problem.kl)
+    return Estimate(loss, tf.stop_gradient(f[1]), tf.stop_gradient(f[0]),
+                    tf.zeros_like(f[0]), {})
+
+
+@register("straight-through")
+def straight_through(problem: Problem, state: State) -> Estimate:
+    """Straight-through Gumbel-Softmax (Jang et al. 2017, section 2.2), binary case: biased.
+
+    Forward, the decoder sees the hard code ``b = 1[z~ > 1/2]``, an exact draw
+    of ``q``; backward, ``b`` is replaced by the Concrete sample ``z~`` at
+    ``--temperature`` (the straight-through idea of Bengio et al. 2013, with
+    the relaxed sample's gradient rather than that of ``sigmoid(a)``). The
+    loss value is the single-sample negative ELBO; the gradient, of
+    ``log p(x|b)`` as if it were ``log p(x|z~)``, is biased at every temperature.
+    """
+    z, b = _relaxed(problem)
+    hard = b + (z - tf.stop_gradient(z))  # value exactly b, gradient dz~
+    f = problem.log_likelihood(hard)  # [batch]
+    loss = _elbo_loss(f, 0.0, problem.kl)
+    return Estimate(loss, tf.stop_gradient(f), tf.stop_gradient(f), tf.zeros_like(f), {})
+
+
+@register("relax")
+def relax_estimator(problem: Problem, state: State) -> Estimate:
+    """RELAX (Grathwohl et al. 2018, "Backpropagation through the Void"): unbiased.
+
+    REBAR's relaxed control variate with a learned control network and
+    temperature (``problem.control``): :func:`tfvae.estimators.relax.one_layer`.
+    """
+    u, v = (tf.random.stateless_uniform(tf.shape(problem.logits), s, alg=UNIFORM_ALG)
+            for s in _seeds(problem.seed, 2))  # [batch, latent] each
+    loss, f, part = relax_lib.one_layer(problem, u, v)
+    return Estimate(loss, f, part.signal, part.baseline, {})

@@ -25,8 +25,11 @@ Each estimator here is one function ``fn(chain, state) -> Estimate``,
 registered under the name of its one-layer counterpart in
 :mod:`tfvae.estimators` (same :data:`tfvae.options.ESTIMATORS` line): per-layer
 baselines for ``ema`` and ``nvil``, leave-one-out over whole chains for
-``rloo``, per-layer antithetic pairs for ``disarm`` (each pair's downstream
-layers drawn with shared uniforms), and ``vimco`` over whole chains.
+``rloo``, per-layer antithetic pairs for ``disarm`` and ``arm`` (each pair's
+downstream layers drawn with shared uniforms), ``vimco`` over whole chains,
+and for the relaxations ``gumbel`` and ``straight-through`` Concrete samples
+passed up the chain pathwise (no score terms, no local signals). ``relax``
+gives each layer a learned control variate (:mod:`tfvae.estimators.relax`).
 
 Shapes in comments: ``batch`` examples, ``K_l`` units of layer ``l``, ``k``
 chains per example. A layer's tensors are lists indexed by layer (0 is ``z_1``).
@@ -38,10 +41,11 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from tfvae import objectives, options
-from tfvae._keras import tf, tfp
+from tfvae._keras import tf, tfd, tfp
 from tfvae.distribute import global_mean
 from tfvae.errors import ConfigError
-from tfvae.estimators import UNIFORM_ALG, Estimate, _running, _score_term
+from tfvae.estimators import UNIFORM_ALG, Estimate, _running, _score_term, concrete_sample
+from tfvae.estimators import relax as relax_lib
 
 
 class Chain(NamedTuple):
@@ -59,6 +63,9 @@ class Chain(NamedTuple):
       decay: decay of running averages (``ema``, ``nvil``).
       baselines: per layer, ``z_{l-1} -> c_l [batch]`` (``nvil``), or None.
       sizes: units per layer, bottom (``z_1``) first.
+      temperature: temperature of the Concrete relaxation (``gumbel``,
+        ``straight-through``).
+      controls: per layer, ``relax``'s :class:`~tfvae.estimators.relax.RelaxControl`.
     """
 
     x: tf.Tensor
@@ -72,6 +79,8 @@ class Chain(NamedTuple):
     decay: float = 0.9
     baselines: tuple | None = None
     sizes: tuple = ()
+    temperature: float = 0.5
+    controls: tuple | None = None
 
 
 class LayerState(NamedTuple):
@@ -282,6 +291,22 @@ def disarm(chain: Chain, state: LayerState) -> Estimate:
     continuations give the gradient of ``a_l``:
     ``0.5 (S_l(b) - S_l(b~)) (-1)^{b~} 1[b != b~] sigma(|a_l|)``.
     """
+
+    def grad_of(diff, u, a, b, anti):
+        weight = (1.0 - 2.0 * anti) * tf.cast(tf.not_equal(b, anti), tf.float32) \
+            * tf.sigmoid(tf.abs(a))
+        return 0.5 * diff[:, None] * weight, 0.5 * diff
+
+    return _antithetic(chain, grad_of)
+
+
+def _antithetic(chain: Chain, grad_of) -> Estimate:
+    """Per layer, an antithetic pair and its continuations' local signals.
+
+    ``grad_of(diff, u_l, a_l, b, b~)`` maps ``diff = S_l(b) - S_l(b~)``
+    (``[batch]``) to the gradient of the logits ``a_l`` (``[batch, K_l]``) and
+    the signal shown in metrics.
+    """
     u = uniforms(chain, chain.sizes)
     zs, logits = sample(chain, u)
     gen, inf, kl = terms(chain, zs, logits)
@@ -289,7 +314,7 @@ def disarm(chain: Chain, state: LayerState) -> Estimate:
     beta = chain.kl_weight
     direct = gen[0] + beta * (tf.add_n(gen[1:]) if len(gen) > 1 else 0.0) - beta * kl
     score = 0.0
-    diffs = []
+    shown = []
     for layer, a in enumerate(logits):
         p = tf.sigmoid(tf.stop_gradient(a))
         anti = tf.stop_gradient(tf.cast(1.0 - u[layer] < p, tf.float32))
@@ -297,14 +322,13 @@ def disarm(chain: Chain, state: LayerState) -> Estimate:
         a_zs, a_logits = sample(chain, u, start=layer, below=below, first=anti)
         a_gen, a_inf, a_kl = terms(chain, a_zs, a_logits, start=layer, below=below)
         anti_signal = _signals(chain, a_gen, a_inf, a_kl, start=layer)[0][0]
-        diff = 0.5 * (signals[layer] - anti_signal)  # [batch]
-        weight = (1.0 - 2.0 * anti) * tf.cast(tf.not_equal(zs[layer], anti), tf.float32) \
-            * tf.sigmoid(tf.abs(tf.stop_gradient(a)))
-        score += tf.reduce_sum(tf.stop_gradient(diff[:, None] * weight) * a, axis=-1)
-        diffs.append(diff)
+        grad_a, signal = grad_of(signals[layer] - anti_signal, u[layer], tf.stop_gradient(a),
+                                 zs[layer], anti)  # [batch, K_l], [batch]
+        score += tf.reduce_sum(tf.stop_gradient(grad_a) * a, axis=-1)
+        shown.append(signal)
     value = direct - beta * (tf.add_n([tf.stop_gradient(q) for q in inf]) if inf else 0.0)
     loss = -tf.reduce_mean(value + score - tf.stop_gradient(score))
-    return Estimate(loss, gen[0], _stack(diffs), tf.zeros_like(_stack(diffs)), {},
+    return Estimate(loss, gen[0], _stack(shown), tf.zeros_like(_stack(shown)), {},
                     main_value - gen[0])
 
 
@@ -333,3 +357,121 @@ def vimco(chain: Chain, state: LayerState) -> Estimate:
     score = tf.reduce_sum(_score_term(signal, log_q_all), axis=0)
     loss = -tf.reduce_mean(bound + score)
     return Estimate(loss, gen[0][0], signal, baseline, {}, log_w[0] - gen[0][0])
+
+
+@register("arm")
+def arm(chain: Chain, state: LayerState) -> Estimate:
+    """ARM per layer (Yin & Zhou 2019; the official DisARM code's multi-layer ``arm``).
+
+    The same pairs as ``disarm``: layer ``l``'s ``b2 = 1[u_l < sigma(a_l)]``
+    and ``b1 = 1[u_l > sigma(-a_l)]``, each continued upward with the same
+    uniforms; the gradient of ``a_l`` is ``(S_l(b1) - S_l(b2)) (u_l - 1/2)``
+    with the local signals ``S_l`` of the two continuations.
+    """
+
+    def grad_of(diff, u, a, b, anti):  # diff = S_l(b2) - S_l(b1)
+        return diff[:, None] * (0.5 - u), diff
+
+    return _antithetic(chain, grad_of)
+
+
+# ------------------------------------------------------------------ relaxations
+
+
+def _relaxed_sample(chain: Chain, seed, straight_through: bool):
+    """Concrete samples up the chain, each layer's encoder reading the one below.
+
+    ``z~_l = sigmoid((a_l(z~_{l-1}) + L_l) / temperature)`` (see
+    :func:`tfvae.estimators.concrete_sample`), reparameterized, so gradients
+    pass down the whole chain. With ``straight_through`` each
+    layer carries the hard code ``1[z~_l > 1/2]`` forward (an exact ancestral
+    draw of ``q``) with the gradient of ``z~_l``. Returns codes and logits per layer.
+    """
+    seeds = tfp.random.split_seed(seed, n=len(chain.encoders))
+    h, zs, logits = chain.x, [], []
+    for encoder, layer_seed in zip(chain.encoders, seeds, strict=True):
+        a = encoder(h)  # [batch, K_l]
+        z = concrete_sample(a, chain.temperature, layer_seed)  # [batch, K_l]
+        if straight_through:
+            z = tf.stop_gradient(tf.cast(z > 0.5, z.dtype)) + (z - tf.stop_gradient(z))
+        zs.append(z)
+        logits.append(a)
+        h = z
+    return zs, logits
+
+
+def _relaxed_terms(chain: Chain, zs, logits):
+    """``G_l`` at the given codes, each inner layer's entropy and the top KL, per example.
+
+    The relaxed objective ``G_1 + beta (sum_{l>1} G_l + sum_{l<L} H_l - KL_L)``:
+    the ELBO with each ``-Q_l`` replaced by its expectation given the layer
+    below, the entropy ``H_l`` of ``q(z_l|z_{l-1})`` (analytic, as the top KL).
+    """
+    beta = chain.kl_weight
+    gen = [chain.likelihood(zs[0])] + [
+        log_bernoulli(chain.generators[layer - 1](zs[layer]), zs[layer - 1])
+        for layer in range(1, len(zs))]
+    entropy = [tf.reduce_sum(tfd.Bernoulli(logits=a).entropy(), axis=-1) for a in logits[:-1]]
+    kl = tf.reduce_sum(objectives.kl_bernoulli(logits[-1], chain.prior_logits), axis=-1)
+    inner = tf.add_n(gen[1:] + entropy) if len(gen) > 1 else 0.0
+    return gen, gen[0] + beta * (inner - kl), kl
+
+
+def _relaxed_estimate(chain: Chain, straight_through: bool) -> Estimate:
+    """Negative single-sample ELBO as the value, the relaxed objective's gradient."""
+    beta = chain.kl_weight
+    seed, relax_seed = tfp.random.split_seed(tfp.random.sanitize_seed(chain.seed), n=2)
+    zs, logits = _relaxed_sample(chain, relax_seed, straight_through)
+    gen, relaxed, kl = _relaxed_terms(chain, zs, logits)  # [batch] each
+    if straight_through:  # the forward codes are hard: the same terms give the ELBO's
+        inf = [log_bernoulli(a, z) for a, z in zip(logits[:-1], zs[:-1], strict=True)]
+        fit = gen[0]
+        value = fit + beta * (tf.add_n(gen[1:]) - tf.add_n(inf) if inf else 0.0) - beta * kl
+    else:  # the ELBO of an exact chain drawn beside the relaxed one
+        hard = chain._replace(seed=seed)
+        h_zs, h_logits = sample(hard, uniforms(hard, hard.sizes))
+        h_gen, h_inf, h_kl = terms(hard, h_zs, h_logits)
+        fit, value = h_gen[0], _signals(hard, h_gen, h_inf, h_kl)[1]
+    value, fit = tf.stop_gradient(value), tf.stop_gradient(fit)
+    loss = -tf.reduce_mean(value + relaxed - tf.stop_gradient(relaxed))
+    signal = tf.stop_gradient(relaxed)[None]  # [1, batch]: the relaxed objective
+    return Estimate(loss, fit, signal, tf.zeros_like(signal), {}, value - fit)
+
+
+@register("gumbel")
+def gumbel(chain: Chain, state: LayerState) -> Estimate:
+    """Concrete relaxation per layer (Maddison et al. 2017; Jang et al. 2017): biased.
+
+    Relaxed samples ``z~_l`` in ``(0, 1)`` are drawn up the chain, each
+    encoder reading the relaxed sample below, and every generative term is
+    evaluated at them (Bernoulli log-probabilities are linear in the value);
+    the objective's gradient passes pathwise through all of them. The loss
+    value is the negative ELBO of an exact chain drawn beside it.
+    """
+    return _relaxed_estimate(chain, straight_through=False)
+
+
+@register("straight-through")
+def straight_through(chain: Chain, state: LayerState) -> Estimate:
+    """Straight-through Gumbel-Softmax per layer (Jang et al. 2017, section 2.2): biased.
+
+    Each layer passes its hard code forward, so the encoders above and every
+    generative term see an exact ancestral draw of ``q``; backward, each code's
+    gradient is that of its Concrete sample at ``temperature``.
+    """
+    return _relaxed_estimate(chain, straight_through=True)
+
+
+@register("relax")
+def relax(chain: Chain, state: LayerState) -> Estimate:
+    """RELAX per layer (Grathwohl et al. 2018): local signals, a learned control per layer.
+
+    See :func:`tfvae.estimators.relax.layers`.
+    """
+    count = len(chain.sizes)
+    noise = uniforms(chain, chain.sizes * 2)  # the chain's draws, then z~'s
+    zs, logits = sample(chain, noise[:count])
+    gen, inf, kl = terms(chain, zs, logits)
+    signals, value = _signals(chain, gen, inf, kl)
+    loss, shown, baselines = relax_lib.layers(chain, noise, zs, logits, signals, (gen, inf, kl))
+    return Estimate(loss, gen[0], _stack(shown), _stack(baselines), {}, value - gen[0])

@@ -84,6 +84,7 @@ def export(
     """
     formats = as_tuple(formats, FORMATS, "format")
     precisions = as_tuple(precisions, PRECISIONS, "precision")
+    _refuse_encoderless(model)
     out = check_out(out, overwrite)
     with _stopping(out) as stop:
         staging = Staging(out, overwrite)
@@ -99,6 +100,14 @@ def export(
         if stop.requested:  # a signal during the swap: the export is whole, but say so
             raise Interrupted(f"interrupted as the export finished: {out} holds the new export")
     return manifest
+
+
+def _refuse_encoderless(model) -> None:
+    if getattr(model, "encoder", None) is None:
+        raise ExportError(
+            f"this {model.model_type} model has no encoder (it fits each example's posterior by "
+            f"{getattr(model, 'inference', 'optimisation')} inference), and an export holds an "
+            "encode signature; draw images with `tfvae sample` or model.sample instead")
 
 
 def _build(stage, model, formats, precisions, representative, run_info, seed) -> dict:

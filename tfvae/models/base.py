@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from tfvae import heads, networks, objectives
+from tfvae import heads, networks, objectives, options
 from tfvae import sampler_noise as noise
 from tfvae._keras import keras, tf
 from tfvae.config import image_shape_3d, parse_sizes
@@ -48,6 +48,13 @@ def _run_body(net, x, training=None):
     for layer in networks.split_head(net)[0]:
         h = layer(h, training=training)
     return tf.cast(h, tf.float32)
+
+
+def _checked_init(name: str, value):
+    """``value`` if it names an initialisation of :data:`tfvae.options.INITS` (or is None)."""
+    if value is not None and value not in options.INITS:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(options.INITS)}")
+    return value
 
 
 class LatentVariableModel(TrainingSteps, keras.Model):
@@ -93,6 +100,10 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         with :meth:`init_from_data`); for binary codes (``binary_code``) the
         networks that read them see ``2 z - 1``, as the DisARM code's
         ``--demean_input`` does.
+      init: how the hidden layers' weights start, a key of
+        :data:`tfvae.options.INITS` (``glorot``, ``fan-in``, ``he``).
+      head_init: how the layers giving the distributions' parameters start
+        (None: as ``init``).
     """
 
     model_type = "base"
@@ -116,6 +127,8 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         levels: int = 256,
         activation: str = "relu",
         center_input: bool = False,
+        init: str = "glorot",
+        head_init: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -149,6 +162,8 @@ class LatentVariableModel(TrainingSteps, keras.Model):
                               f"{', '.join(networks.ACTIVATIONS)}")
         self.activation = activation
         self.center_input = bool(center_input)
+        self.init, self.head_init = _checked_init("init", init), _checked_init(
+            "head_init", head_init)
         # KL weight for warm-up (Bowman et al. 2016); 1 gives the ELBO. Kept in a
         # non-trainable variable so a callback can change it without retracing.
         self.kl_weight = tf.Variable(1.0, trainable=False, name="kl_weight")
@@ -170,7 +185,8 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         """``x -> q(z|x)`` (or a code) ending in ``head`` from a ``networks.*_head``."""
         return networks.build_encoder(
             self.input_dim, self.hidden, head, arch=self.arch, image_shape=self.image_shape,
-            activation=self.activation, center=self.center_input,
+            activation=self.activation, center=self.center_input, init=self.init,
+            head_init=self.head_init,
         )
 
     def _build_decoder(self):
@@ -183,6 +199,8 @@ class LatentVariableModel(TrainingSteps, keras.Model):
             image_shape=self.image_shape,
             activation=self.activation,
             signed_code=self.center_input and self.binary_code,
+            init=self.init,
+            head_init=self.head_init,
         )
 
     @property
@@ -458,6 +476,8 @@ class LatentVariableModel(TrainingSteps, keras.Model):
             "levels": self.levels,
             "activation": self.activation,
             "center_input": self.center_input,
+            "init": self.init,
+            "head_init": self.head_init,
             "name": self.name,
         }
 

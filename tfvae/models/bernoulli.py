@@ -14,6 +14,7 @@ import numpy as np
 from tfvae import estimators, heads, objectives
 from tfvae._keras import keras, tf, tfd
 from tfvae.errors import ConfigError
+from tfvae.estimators import relax
 from tfvae.models.base import BASE_METRICS, LatentVariableModel, order_key
 from tfvae.sampler_noise import Noise
 
@@ -77,14 +78,21 @@ class BernoulliVAE(BinaryPrior, LatentVariableModel):
     variance and an ``initialized`` flag) lives in non-trainable variables,
     so ``save_weights``/``load_weights`` keep it. The first training batch
     starts the running mean at its own mean (see :func:`tfvae.estimators.ema`).
+    ``relax``'s learned control variate (:attr:`control`, whose
+    ``control_variables`` the training step fits to the estimator's variance)
+    is saved with the model's weights too.
 
     Args:
       estimator: name in :data:`tfvae.estimators.ESTIMATORS` (``reinforce``,
-        ``ema``, ``nvil``, ``rloo``, ``disarm``, ``vimco``).
+        ``ema``, ``nvil``, ``rloo``, ``disarm``, ``vimco``, ``arm``, ``gumbel``,
+        ``straight-through``, ``relax``).
       baseline_decay: decay of the running averages (``ema``, ``nvil``).
       num_samples: samples per example (``rloo``, ``vimco``; at least 2).
+      temperature: Concrete temperature of ``gumbel`` and ``straight-through``.
       learn_prior: learn the prior logits (initialised at 0, i.e. p = 0.5).
       nvil_hidden: hidden units (tanh) of NVIL's baseline network ``c(x)``.
+      control_hidden: hidden units of ``relax``'s control network (its learned
+        control variate, :class:`tfvae.estimators.relax.RelaxControl`).
       nvil_normalize: NVIL's variance normalisation of the signal. Off by
         default: with Adam (already scale-free) it only shrinks the score term
         against the analytic KL, and it collapsed the posterior in
@@ -112,6 +120,8 @@ class BernoulliVAE(BinaryPrior, LatentVariableModel):
         learn_prior: bool = False,
         nvil_hidden: int = 100,
         nvil_normalize: bool = False,
+        temperature: float = 0.5,
+        control_hidden: int = relax.HIDDEN,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
@@ -129,6 +139,7 @@ class BernoulliVAE(BinaryPrior, LatentVariableModel):
         self.learn_prior = bool(learn_prior)
         self.nvil_hidden = int(nvil_hidden)
         self.nvil_normalize = bool(nvil_normalize)
+        self.temperature = estimators.check_temperature(temperature)
 
         self.encoder = self._build_encoder(heads.bernoulli_latent_head(self.latent_dim))
         self.decoder = self._build_decoder()
@@ -143,6 +154,8 @@ class BernoulliVAE(BinaryPrior, LatentVariableModel):
                 ],
                 name="baseline_net",
             )
+        self.control_hidden = int(control_hidden)
+        self.control = self._build_control()
         self._make_prior()
         # Estimator state: non-trainable, so checkpoints keep it. Under a
         # tf.distribute strategy the updates are computed from all-reduced
@@ -156,6 +169,14 @@ class BernoulliVAE(BinaryPrior, LatentVariableModel):
         self.baseline_var = state_variable("baseline_var")
         self.baseline_initialized = state_variable("baseline_initialized")
         self._finish_build()
+
+    def _build_control(self):
+        """``relax``'s learned control variate (network, temperature, scale), or None; the
+        training step fits its ``control_variables`` to the estimator's variance."""
+        if not self._estimate_fn.control_variate:
+            return None
+        return relax.RelaxControl(self.input_dim, self.latent_dim, self.control_hidden,
+                                  name="relax_control")
 
     # ------------------------------------------------------------------ parts
     def encoder_logits(self, x, training=None):
@@ -184,6 +205,10 @@ class BernoulliVAE(BinaryPrior, LatentVariableModel):
 
     # -------------------------------------------------------------- training
     @property
+    def control_variables(self) -> list:
+        return [] if self.control is None else self.control.trainable_variables
+
+    @property
     def estimator_state(self) -> estimators.State:
         """Current estimator state (the variables' values)."""
         return estimators.State(
@@ -199,7 +224,8 @@ class BernoulliVAE(BinaryPrior, LatentVariableModel):
         Args:
           x: ``[batch, D]`` data.
           estimator: a name in :data:`tfvae.estimators.ESTIMATORS`; default the
-            model's own. ``nvil`` needs a model built with it (its ``c(x)``).
+            model's own. ``nvil`` and ``relax`` need a model built with them
+            (its ``c(x)``, its control variate).
           seed: stateless seed (``[2]`` int32) or None.
           training: passed to the networks.
           state: a :class:`tfvae.estimators.State` to use instead of the model's.
@@ -233,6 +259,9 @@ class BernoulliVAE(BinaryPrior, LatentVariableModel):
             decay=self.baseline_decay,
             input_baseline=input_baseline,
             normalize=self.nvil_normalize,
+            temperature=self.temperature,
+            control=None if self.control is None else self.control.bind(
+                x, lambda soft: self.log_likelihood(soft, x, training=training)),
         )
         return fn(problem, self.estimator_state if state is None else state), kl
 
@@ -286,4 +315,6 @@ class BernoulliVAE(BinaryPrior, LatentVariableModel):
             "learn_prior": self.learn_prior,
             "nvil_hidden": self.nvil_hidden,
             "nvil_normalize": self.nvil_normalize,
+            "temperature": self.temperature,
+            "control_hidden": self.control_hidden,
         }

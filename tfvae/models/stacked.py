@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfvae import heads, networks, objectives
+from tfvae import estimators, heads, networks, objectives
 from tfvae._keras import keras, tf
 from tfvae.errors import ConfigError
-from tfvae.estimators import layered
+from tfvae.estimators import layered, relax
 from tfvae.models.base import BASE_METRICS, LatentVariableModel, order_key
 from tfvae.models.bernoulli import BinaryPrior
 from tfvae.sampler_noise import Noise
@@ -54,8 +54,10 @@ class StackedBernoulliVAE(BinaryPrior, LatentVariableModel):
       estimator: a name in :data:`tfvae.estimators.layered.LAYERED_ESTIMATORS`.
       baseline_decay: decay of the per-layer running averages (``ema``, ``nvil``).
       num_samples: chains per example (``rloo``, ``vimco``).
+      temperature: Concrete temperature of ``gumbel`` and ``straight-through``.
       learn_prior: learn the top layer's prior logits.
       nvil_hidden: hidden units of NVIL's per-layer baseline networks.
+      control_hidden: hidden units of ``relax``'s per-layer control networks.
       **kwargs: see :class:`tfvae.models.base.LatentVariableModel`.
 
     Example:
@@ -69,7 +71,8 @@ class StackedBernoulliVAE(BinaryPrior, LatentVariableModel):
 
     def __init__(self, *args, stochastic_layers: int = 2, estimator: str = "ema",
                  baseline_decay: float = 0.9, num_samples: int = 4, learn_prior: bool = False,
-                 nvil_hidden: int = 100, **kwargs):
+                 nvil_hidden: int = 100, temperature: float = 0.5,
+                 control_hidden: int = relax.HIDDEN, **kwargs):
         super().__init__(*args, **kwargs)
         from tfvae import options
 
@@ -84,7 +87,14 @@ class StackedBernoulliVAE(BinaryPrior, LatentVariableModel):
                               f"got {num_samples!r}")
         self.baseline_decay, self.num_samples = float(baseline_decay), int(num_samples)
         self.learn_prior, self.nvil_hidden = bool(learn_prior), int(nvil_hidden)
+        self.temperature = estimators.check_temperature(temperature)
+        self.control_hidden = int(control_hidden)
         self._build_networks(options.ESTIMATORS[self.estimator].input_baseline)
+        self.controls = None  # relax's learned control variate per layer, c_l(z_{l-1}, z_l)
+        if options.ESTIMATORS[self.estimator].control_variate:
+            self.controls = [relax.RelaxControl(size, self.latent_dim, self.control_hidden,
+                                                name=f"relax_control_{i + 1}")
+                             for i, size in enumerate(self._layer_inputs())]
         layers = self.stochastic_layers
 
         def state(name, shape):
@@ -104,7 +114,8 @@ class StackedBernoulliVAE(BinaryPrior, LatentVariableModel):
         def net(size_in, sizes, name):  # z -> logits, no distribution head
             return networks.build_encoder(size_in, sizes, (k, None), name=name,
                                           activation=self.activation, center=self.center_input,
-                                          binary_input=True)
+                                          binary_input=True, init=self.init,
+                                          head_init=self.head_init)
 
         upper = range(2, self.stochastic_layers + 1)
         self.upper_encoders = [net(k, self.hidden, f"encoder_{i}") for i in upper]
@@ -112,14 +123,22 @@ class StackedBernoulliVAE(BinaryPrior, LatentVariableModel):
         self._make_prior()
         self.baseline_nets = None
         if nvil:  # NVIL's c_l(z_{l-1}), one tanh layer each (Mnih & Gregor 2014)
-            sizes = [self.input_dim] + [k] * (self.stochastic_layers - 1)
+            sizes = self._layer_inputs()
             self.baseline_nets = [keras.Sequential(
                 [keras.layers.InputLayer(input_shape=(size,)),
                  keras.layers.Dense(self.nvil_hidden, activation="tanh"),
                  keras.layers.Dense(1)], name=f"baseline_net_{i + 1}")
                 for i, size in enumerate(sizes)]
 
+    def _layer_inputs(self) -> list:
+        """Width of each layer's input ``z_{l-1}`` (``x`` for the first)."""
+        return [self.input_dim] + [self.latent_dim] * (self.stochastic_layers - 1)
+
     # ------------------------------------------------------------------ parts
+    @property
+    def control_variables(self) -> list:
+        return [v for control in self.controls or () for v in control.trainable_variables]
+
     @property
     def inference_variables(self) -> list:
         return self.encoder.trainable_variables + [
@@ -143,7 +162,8 @@ class StackedBernoulliVAE(BinaryPrior, LatentVariableModel):
             prior_logits=self.prior_logits(), kl_weight=tf.convert_to_tensor(self.kl_weight),
             seed=seed, num_samples=self.num_samples if num_samples is None else num_samples,
             decay=self.baseline_decay, baselines=baselines,
-            sizes=(self.latent_dim,) * self.stochastic_layers)
+            sizes=(self.latent_dim,) * self.stochastic_layers, temperature=self.temperature,
+            controls=None if self.controls is None else tuple(self.controls))
 
     # -------------------------------------------------------------- training
     @property
@@ -244,4 +264,5 @@ class StackedBernoulliVAE(BinaryPrior, LatentVariableModel):
         return {**super().get_config(), "stochastic_layers": self.stochastic_layers,
                 "estimator": self.estimator, "baseline_decay": self.baseline_decay,
                 "num_samples": self.num_samples, "learn_prior": self.learn_prior,
-                "nvil_hidden": self.nvil_hidden}
+                "nvil_hidden": self.nvil_hidden, "temperature": self.temperature,
+                "control_hidden": self.control_hidden}

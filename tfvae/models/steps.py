@@ -49,8 +49,14 @@ class TrainingSteps:
     def __dir__(self):
         return [name for name in super().__dir__() if name not in self._TRAINING_FUNCTIONS]
 
+    @property
+    def control_variables(self) -> list:
+        """Variables of a learned control variate (``relax``'s), which the training step
+        fits to minimise the squared gradient of ``inference_variables``; none by default."""
+        return []
+
     def compile(self, optimizer="adam", steps_per_execution=None, jit_compile=None,
-                prior_optimizer=None, **kwargs):
+                prior_optimizer=None, control_optimizer=None, **kwargs):
         """Keras ``compile`` with the defaults that train this model fastest on a CPU.
 
         ``steps_per_execution`` defaults to :data:`STEPS_PER_EXECUTION` and
@@ -67,6 +73,14 @@ class TrainingSteps:
 
         ``prior_optimizer`` (e.g. ``tfvae.keras.optimizers.SGD(1e-2)``) trains
         the model's ``prior_variables`` (a learned prior) apart from the rest.
+
+        ``control_optimizer`` trains the model's ``control_variables`` (the
+        learned control variate of ``relax``): each step it descends the
+        gradient, with respect to them, of the summed square of the gradient
+        the step applies to the inference networks, that gradient's
+        single-sample variance up to a constant (Grathwohl et al. 2018).
+        Default: Adam at the optimizer's learning rate with ``beta_1=0.999``,
+        as the official DisARM code trains RELAX's control.
         """
         given = [name for name in ("loss", "metrics", "loss_weights", "weighted_metrics")
                  if kwargs.get(name) is not None]
@@ -76,7 +90,8 @@ class TrainingSteps:
                 f"negative ELBO or its estimator's surrogate) and it reports its own metrics "
                 f"({', '.join(self.metric_names)}); leave {' and '.join(given)} out"
             )
-        inputs.refuse_keras3(optimizer=optimizer, prior_optimizer=prior_optimizer)
+        inputs.refuse_keras3(optimizer=optimizer, prior_optimizer=prior_optimizer,
+                             control_optimizer=control_optimizer)
         self.prior_optimizer = prior_optimizer
         if steps_per_execution is None:
             steps_per_execution = STEPS_PER_EXECUTION
@@ -85,6 +100,12 @@ class TrainingSteps:
                 tf.distribute.has_strategy() or kwargs.get("run_eagerly"))
         super().compile(optimizer=optimizer, steps_per_execution=steps_per_execution,
                         jit_compile=jit_compile, **kwargs)
+        if control_optimizer is None and self.control_variables:
+            rate = self.optimizer.learning_rate
+            if not isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+                rate = float(rate.numpy())
+            control_optimizer = keras.optimizers.Adam(rate, beta_1=0.999)
+        self.control_optimizer = control_optimizer
 
     def build_optimizers(self) -> None:
         """Creates the optimizers' variables (Adam's moments, step counts) now.
@@ -100,6 +121,8 @@ class TrainingSteps:
         self.optimizer.build(self.trainable_variables)
         if getattr(self, "prior_optimizer", None) is not None and self.prior_variables:
             self.prior_optimizer.build(self.prior_variables)
+        if getattr(self, "control_optimizer", None) is not None and self.control_variables:
+            self.control_optimizer.build(self.control_variables)
 
     def compile_block(self, element_spec) -> bool:
         """Compiles the fused training loop for blocks of ``element_spec`` now.
@@ -262,19 +285,37 @@ class TrainingSteps:
         # small float16 gradients do not flush to zero, and scaled back down
         # (Keras' mixed-precision guide, for a custom training step).
         scaling = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)
-        with tf.GradientTape() as tape:
-            loss, values = self.objective(x, training=True, seed=seed)
-            # Under a strategy this replica's share of the global-batch mean.
-            scaled = distribute.replica_share(loss)
+        controls = self.control_variables
+        # A learned control variate's fit needs the gradient of the gradient: an
+        # outer tape records the step's own gradient computation.
+        with tf.GradientTape() if controls else contextlib.nullcontext() as outer:
+            with tf.GradientTape() as tape:
+                loss, values = self.objective(x, training=True, seed=seed)
+                # Under a strategy this replica's share of the global-batch mean.
+                scaled = distribute.replica_share(loss)
+                if scaling:
+                    scaled = self.optimizer.get_scaled_loss(scaled)
+            grads = tape.gradient(scaled, self.trainable_variables)
             if scaling:
-                scaled = self.optimizer.get_scaled_loss(scaled)
-        grads = tape.gradient(scaled, self.trainable_variables)
-        if scaling:
-            # The prior's gradients are unscaled here too (they flow through
-            # float32 ops only); the LossScaleOptimizer skips a step whose
-            # float16 gradients overflowed and lowers its scale.
-            grads = self.optimizer.get_unscaled_gradients(grads)
-        pairs = list(zip(grads, self.trainable_variables, strict=True))
+                # The prior's gradients are unscaled here too (they flow through
+                # float32 ops only); the LossScaleOptimizer skips a step whose
+                # float16 gradients overflowed and lowers its scale.
+                grads = self.optimizer.get_unscaled_gradients(grads)
+            pairs = list(zip(grads, self.trainable_variables, strict=True))
+            if controls:  # the summed square of the inference networks' gradient
+                inference = {id(v) for v in self.inference_variables}
+                square = tf.add_n([tf.reduce_sum(tf.square(g)) for g, v in pairs
+                                   if id(v) in inference and g is not None])
+        if controls:
+            # RELAX's variance step (Grathwohl et al. 2018, discrete case): the control
+            # variables get their own optimizer and this gradient, not the loss's.
+            # A step whose float16 gradients overflowed (loss scaling) gives zeros.
+            fitted = outer.gradient(square, controls)
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in fitted])
+            fitted = [tf.where(finite, g, tf.zeros_like(g)) for g in fitted]
+            self.control_optimizer.apply_gradients(zip(fitted, controls, strict=True))
+            own = {id(v) for v in controls}
+            pairs = [(g, v) for g, v in pairs if id(v) not in own]
         separate = getattr(self, "prior_optimizer", None)
         if separate is not None and self.prior_variables:
             own = {id(v) for v in self.prior_variables}

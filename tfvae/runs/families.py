@@ -37,6 +37,8 @@ class Family:
       figures: ``(model, folder, x_test) -> [paths]`` extra figures.
       note: ``config -> str | None``: a remark written into ``evaluation.json``.
       estimators: the family trains with :mod:`tfvae.estimators` (``tfvae diagnose``).
+      training_path: the key of :data:`tfvae.training.PATHS` its runs must train on
+        (None: the fastest for the run's architecture).
     """
 
     model_class: str
@@ -48,6 +50,7 @@ class Family:
     figures: Callable | None = None
     note: Callable | None = None
     estimators: bool = False
+    training_path: str | None = None
 
     def cls(self):
         module, name = self.model_class.split(":")
@@ -138,14 +141,15 @@ FAMILIES = {
     "gaussian": Family("tfvae.models.gaussian:GaussianVAE"),
     "bernoulli": Family(
         "tfvae.models.bernoulli:BernoulliVAE",
-        config_fields=("estimator", "baseline_decay", "num_samples", "learn_prior"),
+        config_fields=("estimator", "baseline_decay", "num_samples", "learn_prior",
+                       "temperature"),
         note=_bernoulli_note,
         estimators=True,
     ),
     "sbn": Family(
         "tfvae.models.stacked:StackedBernoulliVAE",
         config_fields=("stochastic_layers", "estimator", "baseline_decay", "num_samples",
-                       "learn_prior"),
+                       "learn_prior", "temperature"),
         note=_bernoulli_note,
         estimators=True,
     ),
@@ -161,8 +165,34 @@ FAMILIES = {
 }
 
 
-def family(name: str) -> Family:
-    """The :class:`Family` called ``name``; RunDirError naming the choices otherwise."""
+def _mean_field_note(config) -> str:
+    return (f"mean-field inference: the test examples' variational parameters are fitted with "
+            f"{config.mean_field_eval_steps} updates; elbo is their mean-field bound, "
+            "log_likelihood samples the fitted posteriors")
+
+
+#: ``--inference`` other than ``amortized``: ``(model, inference)`` -> :class:`Family`.
+INFERENCE = {
+    ("sbn", "mean-field"): Family(
+        "tfvae.models.mean_field:MeanFieldSBN",
+        config_fields=("stochastic_layers", "learn_prior", "train_examples", "mean_field_steps",
+                       "mean_field_eval_steps"),
+        note=_mean_field_note,
+        training_path="indexed",
+    ),
+}
+
+
+def family(name: str, inference: str = "amortized") -> Family:
+    """The :class:`Family` of ``--model name`` (trained by ``--inference inference``);
+    RunDirError naming the choices otherwise."""
+    if inference != "amortized":
+        try:
+            return INFERENCE[(name, inference)]
+        except KeyError:
+            known = ", ".join(f"--model {m} --inference {i}" for m, i in INFERENCE)
+            raise RunDirError(f"unknown model {name!r} with inference {inference!r}; this "
+                              f"tfvae knows {known}") from None
     try:
         return FAMILIES[name]
     except KeyError:
@@ -171,6 +201,11 @@ def family(name: str) -> Family:
         ) from None
 
 
+def family_for(config) -> Family:
+    """The :class:`Family` of a :class:`tfvae.Config` (its model and inference)."""
+    return family(config.model, config.inference)
+
+
 def family_of(model) -> Family:
-    """The :class:`Family` of a model instance (by its ``model_type``)."""
-    return family(model.model_type)
+    """The :class:`Family` of a model instance (by its ``model_type`` and ``inference``)."""
+    return family(model.model_type, getattr(model, "inference", "amortized"))

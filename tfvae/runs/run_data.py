@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 
 from tfvae import data, options
+from tfvae.config import check_inference
 from tfvae.errors import ConfigError
 
 
@@ -33,9 +34,11 @@ def resolve_likelihood(config, dataset) -> str:
 def load_data(config):
     """Loads and prepares the data a Config names; fills in its data fields.
 
-    Sets ``config.likelihood``, ``config.binarize``, ``config.input_dim`` and
-    ``config.image_shape`` from the data, and keeps only the prepared splits
-    (the raw arrays are dropped, so the data set is held once).
+    Sets ``config.likelihood``, ``config.binarize``, ``config.input_dim``,
+    ``config.image_shape`` (and, for mean-field inference,
+    ``config.train_examples``) from the data, and
+    keeps only the prepared splits (the raw arrays are dropped, so the data set
+    is held once).
 
     Returns:
       ``(dataset, splits)``: the :class:`tfvae.data.DataSet` (without its
@@ -59,6 +62,9 @@ def load_data(config):
     config.input_dim = int(dataset.dim)
     config.image_shape = tuple(int(s) for s in dataset.image_shape)
     config.levels = dataset.levels
+    if config.inference == "mean-field":  # its table holds one row per training example
+        config.train_examples = int(len(splits.train))
+    check_inference(config)  # the likelihood is known now
     if config.batch_size > len(splits.train):
         raise ConfigError(
             f"--batch-size {config.batch_size} is larger than the {len(splits.train)} "

@@ -17,7 +17,7 @@ from pathlib import Path
 from tfvae import files
 from tfvae.errors import ConfigError, RunDirError
 from tfvae.runs import layout, record
-from tfvae.runs.families import family
+from tfvae.runs.families import family_for
 
 
 @dataclasses.dataclass
@@ -70,7 +70,7 @@ def load_config(run_dir):
 
 def build_model(config):
     """Builds an untrained model from a Config whose data fields are set."""
-    return family(config.model).build(config)
+    return family_for(config).build(config)
 
 
 def save_weights(model, path) -> dict:
@@ -229,7 +229,7 @@ def load_model(run_dir, which: str = "best", extras: bool = True, into=None):
             f"checkpoint {ckpt} cannot be read ({type(exc).__name__}: {exc}); "
             "it is corrupt or from another model configuration"
         ) from None
-    spec = family(config.model)
+    spec = family_for(config)
     if extras and spec.load_extras is not None:
         spec.load_extras(model, run_dir)
     return model, config
