@@ -84,6 +84,13 @@ def run_tfvae(args, model: str, latent: int, seed: int, estimator: str | None) -
         epochs=args.epochs, latent_dim=latent, batch_size=128, lr=1e-3,
         seed=seed, iwae_k=1, **SETUPS[model][0],
     )
+    for item in args.set:  # --set name=JSON value, e.g. output_bias_from_data=false
+        name, _, value = item.partition("=")
+        options[name] = json.loads(value)
+    if args.init:
+        options["init"] = args.init
+    if args.head_init:
+        options["head_init"] = args.head_init
     if estimator:
         options["estimator"] = estimator
         options["num_samples"] = args.num_samples
@@ -101,6 +108,9 @@ def run_tfvae(args, model: str, latent: int, seed: int, estimator: str | None) -
             "model": model,
             "arch": run.config.arch,
             "estimator": estimator,
+            "init": run.config.init,
+            "head_init": run.config.head_init or run.config.init,
+            "set": args.set,
             "latent": latent,
             "seed": seed,
             "epochs": args.epochs,
@@ -154,6 +164,11 @@ def main():
     p.add_argument("--iwae-k", type=int, default=1000)
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--init", default=None, help="tfvae's --init [default: tfvae's default].")
+    p.add_argument("--head-init", default=None, help="tfvae's --head-init [default: --init].")
+    p.add_argument("--no-tfvae", action="store_true", help="Run only the peers.")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
+                   help="Another tfvae option, e.g. --set output_bias_from_data=false.")
     p.add_argument("--peer-python", default=None,
                    help="Python of a venv with torch==2.13.0 to run the peers side by side.")
     p.add_argument("--bench-dir", default=str(DEFAULT_BENCH))
@@ -168,7 +183,7 @@ def main():
                     rows.append(run_peer(args, model, latent, seed))
                     print(json.dumps(rows[-1]), flush=True)
                 estimators = args.estimators if model == "bernoulli" else [None]
-                for estimator in estimators:
+                for estimator in [] if args.no_tfvae else estimators:
                     rows.append(run_tfvae(args, model, latent, seed, estimator))
                     print(json.dumps(rows[-1]), flush=True)
     if len(args.seeds) > 1:
@@ -185,12 +200,15 @@ def summarize(rows: list) -> list:
 
     groups: dict = {}
     for row in rows:
-        key = (row["program"], row["model"], row["latent"], row.get("estimator"))
+        key = (row["program"], row["model"], row["latent"], row.get("estimator"),
+               row.get("init"), row.get("head_init"))
         groups.setdefault(key, []).append(row)
     lines = []
-    for (program, model, latent, estimator), runs in groups.items():
+    for (program, model, latent, estimator, init, head_init), runs in groups.items():
         line = {"summary": "mean (sd) over seeds", "program": program, "model": model,
                 "latent": latent, "estimator": estimator, "seeds": len(runs)}
+        if init:
+            line.update(init=init, head_init=head_init)
         for name in _FIGURES:
             values = [r[name] for r in runs if name in r]
             if len(values) == len(runs):

@@ -62,23 +62,41 @@ MODELS = {
 }
 
 
-def run(args, name: str, estimator: str) -> None:
+#: 50,000 training images in batches of 50.
+STEPS_PER_EPOCH = 50_000 // 50
+
+
+def protocol_config(args, name: str, estimator: str, **overrides):
+    """The protocol's :class:`tfvae.Config` for model ``name``, training to the last eval step."""
+    import tfvae
+
+    options = dict(
+        data_dir=args.data_dir, binarize="dynamic", latent_dim=200, batch_size=50, lr=1e-4,
+        learn_prior=True, prior_lr=1e-2, val_size=10_000, val_order="end", center_input=True,
+        output_bias_from_data=True, estimator=estimator, num_samples=2,
+        epochs=max(args.eval_steps) // STEPS_PER_EPOCH, iwae_k=1, seed=args.seed,
+        **MODELS[name])
+    options.update(overrides)
+    return tfvae.Config(**options)
+
+
+def run(args, name: str, estimator: str, config=None, extra=None, label=None) -> list:
+    """Trains one protocol run, printing (and returning) a JSON row at each eval step.
+
+    ``config`` replaces :func:`protocol_config`'s; ``extra(model, splits, train_bits)``
+    adds fields to the last row; ``label`` names the run in the rows (default: ``estimator``).
+    """
     import tfvae
     from tfvae.evaluation import evaluate
     from tfvae.runs.run_data import load_data
 
     keras = tfvae.keras
-    steps_per_epoch = 50_000 // 50
     at = sorted(args.eval_steps)
-    epochs = at[-1] // steps_per_epoch
-    config = tfvae.Config(
-        data_dir=args.data_dir, binarize="dynamic", latent_dim=200, batch_size=50, lr=1e-4,
-        learn_prior=True, prior_lr=1e-2, val_size=10_000, val_order="end", center_input=True,
-        output_bias_from_data=True, estimator=estimator, num_samples=2, epochs=epochs,
-        iwae_k=1, seed=args.seed, **MODELS[name])
+    config = config or protocol_config(args, name, estimator)
     _, splits = load_data(dataclasses.replace(config))  # the run's own data, for evaluations
     train_bits = splits.train_rows(seed=args.seed + 1)  # one fixed draw of the training bits
     clock = {"train": 0.0, "images": 0}
+    rows = []
 
     class Measure(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -91,11 +109,12 @@ def run(args, name: str, estimator: str) -> None:
             clock["train"] += self.t_last - self.t0
             clock["images"] += 50_000
             clock.setdefault("epochs", []).append(self.t_last - self.t0)
-            step = (epoch + 1) * steps_per_epoch
+            step = (epoch + 1) * STEPS_PER_EPOCH
             if step not in at:
                 return
             model = self.model
-            row = {"program": "tfvae", "model": name, "estimator": estimator, "step": step,
+            row = {"program": "tfvae", "model": name, "estimator": label or estimator,
+                   "step": step,
                    "train_elbo": evaluate(model, train_bits, k=1, seed=1)["elbo"],
                    "valid_bound_k100": evaluate(model, splits.val, k=100, seed=2)[
                        "log_likelihood"],
@@ -110,11 +129,15 @@ def run(args, name: str, estimator: str) -> None:
             official = OFFICIAL.get(estimator, {}).get(step) if name == "nonlinear" else None
             if official:
                 row["official_train_elbo"], row["official_test_bound_k100"] = official
+            if extra is not None and step == at[-1]:
+                row.update(extra(model, splits, train_bits))
+            rows.append(row)
             print(json.dumps(row), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         tfvae.train(config, out=Path(tmp) / "run", verbose=0, figures=False,
                     callbacks=[Measure()])
+    return rows
 
 
 def main():

@@ -13,9 +13,18 @@ after the first, which includes tracing and compilation), images/s, peak
 memory in MiB of the training process (tfvae: measured right after
 ``tfvae.train`` returns, so it includes the run's final test evaluation) and,
 with --iwae-k, the time of an IWAE evaluation of the 10,000 test images (and
-the peak after it). With --rounds N the peer and tfvae alternate N times, and
-a summary line per model gives the medians and their ratios: a machine's
-speed can drift over minutes, so single runs mislead.
+the peak after it). A machine's speed drifts as other jobs come and go, so
+one round decides nothing: tfvae and the peer alternate over --rounds
+(3 by default: tfvae, peer, tfvae, peer, ...), each run is printed with its
+round, the 1-minute load average just before it and the CPU (model name, and
+which of avx512f, avx512_bf16 and amx it has), and a summary line per model
+gives the median images/s per side, the per-round ratios (tfvae's round i
+over the peer's round i), their median and minimum, and "disagree": true
+(with a warning on stderr) when one side's rounds differ by more than 20%;
+"busy": true when other processes kept more than 0.2 cores busy during a
+round (each row's "others_cores", from /proc/stat), which a steady load that
+slows one side in every round alike would otherwise hide. Either way the
+ratio is unmeasured: rerun it on a quieter machine.
 With --main-job it times the README's main job (`tfvae train`, no options)
 from the command line, then phase by phase in one process (imports; data,
 model and the compilation of the training loop; the first epoch with the
@@ -33,9 +42,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -62,7 +73,7 @@ with tempfile.TemporaryDirectory() as tmp:
     n_train = run.status["data"]["train"]
     out = {"program": "tfvae", "model": opts["model"], "arch": opts.get("arch", "mlp"),
            "path": choose_path(run.config), "epochs": opts["epochs"],
-           "sec_per_epoch_median": median, "first_epoch_sec": secs[0],
+           "sec_per_epoch_median": median, "epoch_sec": secs,
            "train_images_per_sec": n_train / median,
            "process_cpu_sec": time.process_time() - c0,
            "test_elbo": run.evaluation["elbo"], "peak_rss_mib": peak()}
@@ -122,6 +133,57 @@ print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_ma
 
 def _last_json(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+#: Disagreement threshold: a side whose fastest round is more than this
+#: multiple of its slowest was disturbed, so its ratio is unmeasured.
+SPREAD_LIMIT = 1.2
+#: Cores other processes may keep busy during a round before it counts as
+#: disturbed: a side slowed down the same in every round passes SPREAD_LIMIT.
+BUSY_CORES = 0.2
+
+
+def machine() -> dict:
+    """The 1-minute load average now, and the CPU from /proc/cpuinfo (Linux)."""
+    first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    fields = {k.strip(): v.strip() for k, _, v in
+              (line.partition(":") for line in first_cpu.splitlines())}
+    flags = fields.get("flags", "").split()
+    has = [f for f in ("avx512f", "avx512_bf16") if f in flags]
+    has += ["amx"] if any(f.startswith("amx") for f in flags) else []
+    return {"load_before": os.getloadavg()[0], "cpu": fields.get("model name", "unknown"),
+            "cpu_flags": has}
+
+
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds the machine has been busy since boot (/proc/stat), and this one's children."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait (guest is within user)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return busy / os.sysconf("SC_CLK_TCK"), children.ru_utime + children.ru_stime
+
+
+def timed_round(i: int, run, *run_args) -> dict:
+    """One run with what the machine did around it.
+
+    The load average lags by a minute and counts the previous round, so the
+    row also says how many cores other processes kept busy during the run
+    (``others_cores``): near 0 on a quiet machine.
+    """
+    row = {"round": i, **machine()}
+    busy, own, t0 = *cpu_seconds(), time.perf_counter()
+    row.update(run(*run_args))
+    busy_after, own_after = cpu_seconds()
+    others = (busy_after - busy) - (own_after - own)
+    row["others_cores"] = round(max(others, 0.0) / (time.perf_counter() - t0), 2)
+    return row
+
+
+def show(row: dict) -> None:
+    """Prints a run as one JSON line, the fields a reader compares first."""
+    first = ("program", "model", "round", "train_images_per_sec", "sec_per_epoch_median",
+             "load_before", "others_cores", "cpu", "cpu_flags")
+    print(json.dumps({**{k: row[k] for k in first if k in row}, **row}), flush=True)
 
 
 #: Benchmark name -> tfvae options and the peer (script, extra arguments) it runs beside.
@@ -205,8 +267,9 @@ def main():
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--iwae-k", type=int, default=0)
-    p.add_argument("--rounds", type=int, default=1,
-                   help="alternate peer and tfvae runs this many times; ratios use medians")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternate tfvae and peer runs this many times (tfvae first), "
+                        "each in its own process")
     p.add_argument("--models", nargs="+", default=["gaussian", "bernoulli", "ae-gmm"],
                    choices=list(SETUPS), help="conv: the peer's conv VAE (--arch conv)")
     p.add_argument("--main-job", action="store_true",
@@ -216,6 +279,8 @@ def main():
     p.add_argument("--peer-python", default=None)
     p.add_argument("--bench-dir", default=str(DEFAULT_BENCH))
     args = p.parse_args()
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.main_job:
         return main_job(args)
     return side_by_side(args)
@@ -227,26 +292,52 @@ def side_by_side(args) -> None:
              for name, (_, script, extra) in SETUPS.items() if script}
     for model in args.models:
         has_peer = bool(args.peer_python) and model in peers
-        mine, theirs = [], []
-        for _ in range(args.rounds):
-            if has_peer:
-                peer = run_peer(args, *peers[model])
-                peer["model"] = model
-                theirs.append(peer)
-                print(json.dumps(peer), flush=True)
-            ours = run_tfvae(args, model)
-            mine.append(ours)
-            print(json.dumps(ours), flush=True)
-        if not has_peer:
-            continue
-        summary = {"summary": model, "rounds": args.rounds}
-        for key, name in (("train_images_per_sec", "images_per_sec"),
-                          ("peak_rss_mib", "peak_rss_mib"), ("iwae_sec", "iwae_sec")):
-            if all(key in r for r in mine + theirs):
-                summary[f"tfvae_{name}"] = statistics.median([r[key] for r in mine])
-                summary[f"peer_{name}"] = statistics.median([r[key] for r in theirs])
-                summary[f"{name}_ratio"] = summary[f"tfvae_{name}"] / summary[f"peer_{name}"]
-        print(json.dumps(summary), flush=True)
+        rows = {"tfvae": [], "peer": []}
+        for i in range(1, args.rounds + 1):
+            # tfvae, then the peer: round i of each runs at about the same time.
+            for program in ("tfvae", "peer") if has_peer else ("tfvae",):
+                row = (timed_round(i, run_tfvae, args, model) if program == "tfvae"
+                       else timed_round(i, run_peer, args, *peers[model]))
+                row["model"] = model
+                rows[program].append(row)
+                show(row)
+        if has_peer:
+            summarize(model, rows["tfvae"], rows["peer"])
+
+
+def summarize(model: str, mine: list[dict], theirs: list[dict]) -> None:
+    """Medians per side, the ratio round by round, and whether a side's rounds disagree."""
+    rates = {side: [r["train_images_per_sec"] for r in rows]
+             for side, rows in (("tfvae", mine), ("peer", theirs))}
+    ratios = [a / b for a, b in zip(rates["tfvae"], rates["peer"], strict=True)]
+    spread = {side: max(v) / min(v) for side, v in rates.items()}
+    disagree = [side for side, s in spread.items() if s > SPREAD_LIMIT]
+    loads = [r["load_before"] for r in mine + theirs]
+    others = [r["others_cores"] for r in mine + theirs]
+    summary = {"summary": model, "rounds": len(ratios),
+               "tfvae_images_per_sec": statistics.median(rates["tfvae"]),
+               "peer_images_per_sec": statistics.median(rates["peer"]),
+               "ratios": [round(r, 3) for r in ratios],
+               "median_ratio": statistics.median(ratios), "min_ratio": min(ratios),
+               "tfvae_spread": spread["tfvae"], "peer_spread": spread["peer"],
+               "disagree": bool(disagree), "load_before_range": [min(loads), max(loads)],
+               "others_cores_max": max(others), "busy": max(others) > BUSY_CORES}
+    for key in ("peak_rss_mib", "iwae_sec"):
+        if all(key in r for r in mine + theirs):
+            summary[f"tfvae_{key}"] = statistics.median([r[key] for r in mine])
+            summary[f"peer_{key}"] = statistics.median([r[key] for r in theirs])
+            summary[f"{key}_ratio"] = summary[f"tfvae_{key}"] / summary[f"peer_{key}"]
+    print(json.dumps(summary), flush=True)
+    if disagree:
+        print(f"WARNING: {model}: the {' and '.join(disagree)} rounds differ by more than "
+              f"{SPREAD_LIMIT - 1:.0%} (fastest/slowest "
+              + ", ".join(f"{side} {spread[side]:.2f}" for side in disagree)
+              + "): the ratio is unmeasured; rerun when the machine is quiet",
+              file=sys.stderr, flush=True)
+    if summary["busy"]:
+        print(f"WARNING: {model}: other processes kept up to {max(others):.2f} cores busy "
+              "during a round: the ratio is unmeasured; rerun when the machine is quiet",
+              file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
