@@ -224,7 +224,8 @@ def one_layer(problem, u, v):
 
     Args:
       problem: a :class:`tfvae.estimators.Problem` with its ``control``.
-      u, v: ``[batch, latent]`` uniforms (of ``b`` and of ``z~``).
+      u: ``[batch, latent]`` uniforms of ``b``.
+      v: ``[batch, latent]`` uniforms of ``z~``.
 
     Returns:
       ``(loss, f, score)``: the surrogate loss (its value the negative
@@ -250,7 +251,8 @@ def layers(chain, noise, zs, logits, signals, terms):
     Args:
       chain: the :class:`tfvae.estimators.layered.Chain`, with its ``controls``.
       noise: ``2 L`` uniforms ``[batch, K_l]``: the chain's draws, then ``z~``'s.
-      zs, logits: the chain's codes and logits per layer (from the first ``L`` uniforms).
+      zs: the chain's codes per layer (from the first ``L`` uniforms).
+      logits: the chain's logits per layer.
       signals: the local signals ``S_l`` ``[batch]`` (stopped).
       terms: ``(G, Q, KL)`` of the chain (:func:`tfvae.estimators.layered.terms`).
 
