@@ -44,7 +44,7 @@ def _variance(estimator: str, draws: int):
     def extra(model, splits, train_bits):
         from tfvae.diagnostics import gradient_variance
 
-        if getattr(model, "inference", "amortized") == "mean-field":
+        if not hasattr(model, "estimate"):  # mean-field inference: no gradient estimator
             return {}
         stats = gradient_variance(model, train_bits[:50], estimators=[estimator],
                                   num_draws=draws, seed=0)[estimator]
