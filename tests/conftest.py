@@ -61,6 +61,19 @@ def binary_images():
     return bits.astype(np.float32)
 
 
+@pytest.fixture(scope="session")
+def digits_npz(tmp_path_factory):
+    """A ``--data-dir`` file of 640 training and 160 test digits of the embedded data:
+    real images for CLI runs that only need to train, resume and evaluate."""
+    from tfvae import data
+
+    ds = data.load_dataset("mnist-10k")
+    path = tmp_path_factory.mktemp("data") / "digits.npz"
+    np.savez(path, x_train=ds.x_train[:640], x_test=ds.x_test[:160],
+             y_train=ds.y_train[:640], y_test=ds.y_test[:160])
+    return path
+
+
 @pytest.fixture
 def make_model():
     """``make_model(family, **kwargs)``: a small seeded model of any family.

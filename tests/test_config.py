@@ -70,3 +70,9 @@ def test_parse_sizes_forms():
     assert parse_sizes("") == ()
     with pytest.raises(ConfigError):
         parse_sizes("", allow_empty=False)
+
+
+def test_paths_given_as_path_objects_are_recorded_as_text(tmp_path):
+    config = Config(data_dir=tmp_path / "d.npz", tfds_data_dir=tmp_path)
+    assert config.data_dir == str(tmp_path / "d.npz") and config.tfds_data_dir == str(tmp_path)
+    assert json.loads(json.dumps(config.to_dict()))["data_dir"] == str(tmp_path / "d.npz")

@@ -14,7 +14,7 @@ fresh folder per page: the Python blocks of a page share one namespace (a
 traceback names the page and its line), and each line of a bash block is a
 ``tfvae ...`` command run through click's ``CliRunner``. So an unmarked block
 may use what an earlier unmarked block made, a slow block anything before it.
-Epoch counts are divided by four (at least 1) and ``k=1000`` becomes
+Epoch counts are divided by four (1 or 2) and ``k=1000`` becomes
 ``k=50``: the same calls, in a test-sized time.
 """
 
@@ -72,9 +72,9 @@ def all_blocks() -> list[Block]:
 
 
 def shorter(text: str) -> str:
-    """The same calls with a quarter of the epochs (1 to 3) and k=50 for k=1000."""
+    """The same calls with a quarter of the epochs (1 or 2) and k=50 for k=1000."""
     text = re.sub(r"(--epochs |epochs=)(\d+)",
-                  lambda m: f"{m.group(1)}{max(1, min(3, int(m.group(2)) // 4))}", text)
+                  lambda m: f"{m.group(1)}{max(1, min(2, int(m.group(2)) // 4))}", text)
     return text.replace("k=1000", "k=50")
 
 

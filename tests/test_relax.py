@@ -139,7 +139,7 @@ def test_the_control_is_the_models_saved_with_it_and_needed(tmp_path, binary_ima
 
 
 @pytest.mark.slow
-def test_relax_trains_resumes_and_is_diagnosed_from_the_cli_and_python(tmp_path):
+def test_relax_trains_resumes_and_is_diagnosed_from_the_cli_and_python(tmp_path, digits_npz):
     from click.testing import CliRunner
     from tfvae_cli.main import cli
 
@@ -148,7 +148,7 @@ def test_relax_trains_resumes_and_is_diagnosed_from_the_cli_and_python(tmp_path)
 
     runner = CliRunner()
     out = tmp_path / "bernoulli"
-    small = ["--latent-dim", "8", "--hidden", "32", "--iwae-k", "5"]
+    small = ["--latent-dim", "8", "--hidden", "32", "--iwae-k", "5", "--data-dir", str(digits_npz)]
     result = runner.invoke(cli, ["train", "--model", "bernoulli", "--estimator", "relax",
                                  "--epochs", "1", "--out", str(out), *small])
     assert result.exit_code == 0, (result.output, result.exception)
@@ -173,9 +173,7 @@ def test_relax_trains_resumes_and_is_diagnosed_from_the_cli_and_python(tmp_path)
                                  "--estimator", "relax", "--epochs", "1",
                                  "--out", str(tmp_path / "sbn"), *small])
     assert result.exit_code == 0, (result.output, result.exception)
-    sbn = tfvae.train(model="sbn", estimator="relax", stochastic_layers=2, latent_dim=8,
-                      hidden=(), epochs=1, iwae_k=5, out=tmp_path / "python", verbose=0,
-                      figures=False)
+    sbn = tfvae.load_run(tmp_path / "sbn")
     assert len(sbn.model.controls) == 2 and np.isfinite(sbn.evaluation["log_likelihood"])
 
 

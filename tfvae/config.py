@@ -278,6 +278,9 @@ class Config:
     train_examples: int | None = _option(None, "Training examples (from the data).", cli=False)
 
     def __post_init__(self):
+        for name in ("data_dir", "tfds_data_dir"):  # a pathlib.Path is recorded as text
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
         self.hidden = parse_sizes(self.hidden, "hidden")
         if self.decoder_hidden is not None:
             self.decoder_hidden = parse_sizes(self.decoder_hidden, "decoder_hidden")
