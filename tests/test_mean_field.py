@@ -209,6 +209,67 @@ def test_the_updates_never_lower_an_examples_bound_and_raise_it_on_average():
         assert (values[-1] - start).mean() > 0.1, values
 
 
+def _pair_problem(seed, rows=4, parents=30, children=40, scale=3.0):
+    """Random logits, xi, weights (wide enough that several logarithms split the parents)."""
+    rng = np.random.default_rng(seed)
+    lam = np.clip(rng.normal(size=(rows, parents)) * 8, -20, 20).astype(np.float32)
+    xi = rng.random((rows, children)).astype(np.float32)
+    kernel = (rng.normal(size=(parents, children)) * scale).astype(np.float32)
+    return lam, xi, kernel, rng.random((2, rows, children)).astype(np.float32)
+
+
+def test_the_loops_give_the_pair_sums_of_the_broadcast_formulas():
+    """Every sum of :mod:`mean_field_sweeps` against its ``[2, rows, P, C]`` formula in float64."""
+    from tfvae.models import mean_field_sweeps as mfs
+
+    lam, xi, kernel, weights = _pair_problem(6)
+    assert mfs._group(tf.constant(kernel)).numpy() < kernel.shape[0]  # products split
+    t = np.stack([-xi, 1.0 - xi]).astype(np.float64)[:, :, None, :]  # [2, rows, 1, C]
+    mu = 1.0 / (1.0 + np.exp(-lam.astype(np.float64)))[None, :, :, None]
+    tilt = np.exp(t * kernel)
+    f = 1.0 - mu + mu * tilt
+    s = mu * tilt / f
+    expected = [np.log(f).sum(2), (kernel * s).sum(2), (kernel ** 2 * s * (1 - s)).sum(2)]
+    got = mfs.children_sums(tf.constant(lam), tf.constant(kernel), tf.constant(xi))
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(mfs.children_sums(lam, kernel, xi, derivatives=False)[0],
+                               expected[0], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(mfs.parent_sums(lam, kernel, xi, weights),
+                               (weights[:, :, None, :] * (tilt - 1) / f).sum((0, 3)),
+                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(mfs.weight_sums(lam, kernel, xi, weights),
+                               (weights[:, :, None, :] * s).sum((0, 1)), rtol=1e-4, atol=1e-4)
+    # The pass of the refinement: the loops' and the broadcast one agree, and weights past
+    # the loops' limit take the broadcast one.
+    layer = mfb.Linear(tf.constant(kernel), tf.constant(np.linspace(-1, 1, 40), tf.float32))
+    target = tf.constant(weights[0] < 0.5, tf.float32)
+    for a, b in zip(mfb._looped_steps(target, lam, layer, xi),
+                    mfb._broadcast_steps(target, lam, layer, xi), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+    wide = mfb.Linear(layer.kernel * 20.0, layer.bias)
+    assert not mfs.applies(wide.kernel)
+    for a, b in zip(mfb._steps_of(target, lam, wide, xi),
+                    mfb._broadcast_steps(target, lam, wide, xi), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("scale", [3.0, 100.0])  # the loops, and weights past their limit
+def test_the_held_conditionals_gradient_is_the_weights_gradient_of_the_conditional(scale):
+    lam, xi, kernel, weights = _pair_problem(7, parents=6, children=9, scale=scale)
+    target = tf.constant(weights[0] < 0.5, tf.float32)
+    kernel, bias = tf.Variable(kernel), tf.Variable(tf.linspace(-1.0, 1.0, 9))
+    upstream = tf.constant(weights[1])
+    results = []
+    for term in (mfb.conditional, mfb.held_conditional):
+        with tf.GradientTape() as tape:
+            value = term(target, lam, mfb.linear(kernel, bias, signed=True), xi)
+            loss = tf.reduce_sum(upstream * value)
+        results.append([value, *tape.gradient(loss, [kernel, bias])])
+    for a, b in zip(*results, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale)
+
+
 # ------------------------------------------------------------------ the model
 
 
@@ -245,6 +306,28 @@ def test_training_raises_the_bound_and_keeps_each_examples_parameters(binary_ima
     assert moved.all()  # every row was visited and refined
     with pytest.raises(ConfigError, match="train_examples=128"):
         model.fit(x[:100], epochs=1)
+
+
+def test_evaluation_reuses_the_rows_fitted_last_only_under_the_same_weights():
+    """Evaluation fits a batch once for its bound and once more per importance-sampling
+    chunk: rows fitted last are reused, exactly, until a weight changes."""
+    keras.utils.set_random_seed(0)
+    model = MeanFieldSBN(train_examples=6, input_dim=PIXELS, latent_dim=UNITS,
+                         mean_field_eval_steps=5)
+    x = tf.constant(X)
+    first = model.fitted(x)
+    key = model._fit_key()
+    assert model._last_fit.lookup(x[2:5], key)[0].numpy()
+    again = model.fitted(x[2:5])
+    for name in ("bound", "fit", "rest", "units"):
+        np.testing.assert_array_equal(again[name], first[name][2:5])
+    assert not model._last_fit.lookup(tf.constant(1.0 - X[:2]), key)[0].numpy()
+    dense = model.decoder.layers[-2]
+    dense.bias.assign(dense.bias + 0.5)
+    assert not model._last_fit.lookup(x[2:5], model._fit_key())[0].numpy()
+    moved = model.fitted(x)["bound"]
+    np.testing.assert_allclose(moved, model._fit_rows(x)[2], atol=1e-5)
+    assert np.all(np.abs(moved - first["bound"]) > 1e-3)
 
 
 def test_mean_field_refuses_what_its_bound_does_not_cover():

@@ -22,10 +22,18 @@ means 1/2, with ``mean_field_eval_steps`` updates: the training table is
 for training rows only. The reported ``elbo`` is then the mean-field bound,
 and the importance-weighted log-likelihood samples the fitted posterior
 ``prod Bernoulli(mu)`` as its proposal, as the amortised models sample
-their encoder's.
+their encoder's. The rows fitted last are kept with the weights they were
+fitted under, so evaluation's importance-weighted pass reuses its bound
+pass's fit instead of fitting the same rows again.
+
+Rows are refined in chunks, each one XLA-compiled function; outside XLA
+(``compile``'s default here) the chunks of a batch run side by side, one
+per core, as do the halves of the weight step.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -42,8 +50,11 @@ from tfvae.models.bernoulli import BinaryPrior
 from tfvae.models.stacked import StackedBernoulliVAE, _flat
 from tfvae.models.steps import TrainingSteps, plain_trace
 
-#: Values of the ``[rows, parents, children]`` tensors one refinement holds at a time:
-#: data is refined this many values' worth of rows at once.
+#: Most rows one compiled refinement takes (a chunk): its loops' slabs of
+#: ``[2, rows, children]`` values stay in a core's cache.
+CHUNK_ROWS = 16
+#: Most parent-child pairs times rows in a chunk: weights past the loops' limit
+#: take ``[2, rows, parents, children]`` tensors (:mod:`tfvae.models.mean_field_bound`).
 CHUNK_VALUES = 1 << 22
 
 
@@ -51,6 +62,53 @@ class _Memo:
     """The fitted parameters of the last graph tensor (a plain object: Keras tracks none of it)."""
 
     key = value = None
+
+
+class _LastFit:
+    """The rows fitted last, what was fitted for them, and the key (weights, steps) it depends on.
+
+    Evaluation asks for a batch's parameters twice: for its bound, then for its
+    importance-weighted bound, a chunk of rows at a time. :meth:`lookup` finds
+    rows among those fitted last, exactly equal, with the key unchanged; anything
+    else is fitted anew. A plain object: Keras tracks none of its variables, so
+    no checkpoint holds them.
+    """
+
+    def __init__(self, width: int, specs: tuple, key: list):
+        def empty(shape):
+            return tf.Variable(tf.zeros([0] + list(shape)), shape=[None] + list(shape),
+                               trainable=False)
+
+        self.rows = empty([width])
+        self.outputs = [empty(spec.shape[1:]) for spec in specs]
+        self.key = [tf.Variable(tf.fill(tf.shape(k), float("nan")), trainable=False)
+                    for k in key]
+        # Rows are found by one weighted sum each (exact in float64 for 0/1 pixels), then
+        # compared whole: a collision only fits the rows anew.
+        self.weights = tf.constant(np.random.default_rng(0).integers(
+            1, (1 << 52) // max(width, 1), width), tf.float64)
+
+    def _keys(self, rows):
+        return tf.linalg.matvec(tf.cast(rows, tf.float64), self.weights)  # [n]
+
+    def lookup(self, x, key):
+        """``(found, where)``: whether every row of ``x`` is a row fitted last under ``key``,
+        and its position there."""
+        rows = tf.concat([self.rows, tf.fill([1, x.shape[-1]], float("nan"))], 0)
+        keys = self._keys(self.rows)
+        order = tf.argsort(keys)
+        ends = tf.concat([tf.gather(keys, order), tf.constant([np.inf], tf.float64)], 0)
+        where = tf.gather(tf.concat([order, tf.shape(keys)], 0),
+                          tf.searchsorted(ends, self._keys(x)))
+        found = tf.reduce_all(tf.equal(tf.gather(rows, where), x))
+        for held, now in zip(self.key, key, strict=True):
+            found &= tf.reduce_all(tf.equal(held, now))
+        return found, where
+
+    def store(self, x, outputs, key) -> list:
+        """Keeps ``x``, its ``outputs`` and ``key``; returns the assignments."""
+        return [v.assign(t) for v, t in zip([self.rows, *self.outputs, *self.key],
+                                             [x, *outputs, *key], strict=True)]
 
 
 def _refuse(model) -> None:
@@ -93,7 +151,8 @@ class MeanFieldSBN(BinaryPrior, LatentVariableModel):
     model_type = "sbn"
     inference = "mean-field"
     metric_names = BASE_METRICS
-    _TRAINING_FUNCTIONS = TrainingSteps._TRAINING_FUNCTIONS | {"_refine_rows", "_fit_rows"}
+    _TRAINING_FUNCTIONS = TrainingSteps._TRAINING_FUNCTIONS | {
+        "_refine_rows", "_fit_rows", "_refine_chunk", "_fit_chunk"}
     # The top prior and the sampler are the amortised SBN's (same networks).
     noise_inputs = StackedBernoulliVAE.noise_inputs
     sampler_params = StackedBernoulliVAE.sampler_params
@@ -135,6 +194,7 @@ class MeanFieldSBN(BinaryPrior, LatentVariableModel):
             tf.fill([self.train_examples, sum(self.xi_sizes)], mfb.XI_START), trainable=False,
             name="variational_xi")
         self._memo = _Memo()
+        self._last_fit = _LastFit(self.input_dim, self._specs(terms=True), self._fit_key())
         self.built = True
 
     # ------------------------------------------------------------------ parts
@@ -161,63 +221,123 @@ class MeanFieldSBN(BinaryPrior, LatentVariableModel):
 
     def _chunk_rows(self) -> int:
         widest = max(self.latent_dim * width for width in self.xi_sizes)
-        return max(1, CHUNK_VALUES // (2 * widest))
+        return max(1, min(CHUNK_ROWS, CHUNK_VALUES // widest))
 
-    def refine(self, x, lam, xi, steps: int):
-        """``steps`` updates of flat parameters ``lam [n, L*K]``, ``xi [n, D+(L-1)*K]``.
+    def _by_chunks(self, fn, tensors, specs, steps):
+        """``fn(*chunk, steps, network)`` on chunks of the rows of ``tensors``, concatenated.
 
-        Rows are refined a chunk at a time, so memory stays bounded for any ``n``.
-        Returns ``(lam, xi, bound [n])``.
+        Outside XLA the chunks run side by side, one per core (Keras' own
+        ``jit_compile=True`` makes the whole step one XLA program, which runs them
+        one after another). The weights are read once and passed as tensors: an XLA
+        function that reads variables holds them, so its calls could not overlap.
+        Memory stays bounded for any number of rows.
         """
-        net, n = self.network(), tf.shape(x)[0]
-        rows = tf.maximum(tf.minimum(self._chunk_rows(), n), 1)
-        chunks = (n + rows - 1) // rows
+        net = self.network()
+        n = tf.shape(tensors[0])[0]
+        chunks = tf.maximum((n + self._chunk_rows() - 1) // self._chunk_rows(), 1)
+        rows = (n + chunks - 1) // chunks
+        steps = tf.convert_to_tensor(steps, tf.int32)
 
         def shaped(t):
             t = tf.pad(t, [[0, chunks * rows - n], [0, 0]])
             return tf.reshape(t, tf.stack([chunks, rows, t.shape[-1]]))
 
-        def one(args):
-            xc, lc, qc = args
-            lams, xis, value = mfb.refine(xc, net, *self._split(lc, qc), steps)
-            return tf.concat(lams, -1), tf.concat(xis, -1), value
-
-        specs = (tf.TensorSpec([None, lam.shape[-1]]), tf.TensorSpec([None, xi.shape[-1]]),
-                 tf.TensorSpec([None]))
-        out = tf.map_fn(one, (shaped(x), shaped(lam), shaped(xi)), fn_output_signature=specs,
-                        parallel_iterations=1)
+        out = tf.map_fn(lambda chunk: fn(*chunk, steps, net), tuple(shaped(t) for t in tensors),
+                        fn_output_signature=specs, parallel_iterations=os.cpu_count() or 1)
         return tuple(tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0))[:n] for t in out)
 
     @tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
+    def _refine_chunk(self, x, lam, xi, steps, net):
+        lams, xis, value = mfb.refine(x, net, *self._split(lam, xi), steps)
+        return tf.concat(lams, -1), tf.concat(xis, -1), value
+
+    @tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
+    def _fit_chunk(self, x, steps, net):
+        lams, xis = mfb.start(tf.shape(x)[0], net, self.input_dim)
+        lams, xis, value = mfb.refine(x, net, lams, xis, steps)
+        parts = mfb.bound_terms(x, net, lams, xis, held=True)
+        return (tf.concat(lams, -1), tf.concat(xis, -1), value, parts["fit"], parts["rest"],
+                parts["units"])
+
+    def _specs(self, terms: bool = False) -> tuple:
+        specs = (tf.TensorSpec([None, sum(self.lam_sizes)]),
+                 tf.TensorSpec([None, sum(self.xi_sizes)]), tf.TensorSpec([None]))
+        if terms:
+            specs += (tf.TensorSpec([None]), tf.TensorSpec([None]),
+                      tf.TensorSpec([None, self.latent_dim]))
+        return specs
+
+    def refine(self, x, lam, xi, steps: int):
+        """``steps`` updates of flat parameters ``lam [n, L*K]``, ``xi [n, D+(L-1)*K]``.
+
+        Rows are refined a chunk at a time. Returns ``(lam, xi, bound [n])``.
+        """
+        tensors = [tf.convert_to_tensor(t, tf.float32) for t in (x, lam, xi)]
+        return self._by_chunks(self._refine_chunk, tensors, self._specs(), steps)
+
+    @tf.function(autograph=False, reduce_retracing=True)
     def _refine_rows(self, x, lam, xi):
         return self.refine(x, lam, xi, self.mean_field_steps)
 
-    @tf.function(jit_compile=True, autograph=False, reduce_retracing=True)
+    @tf.function(autograph=False, reduce_retracing=True)
     def _fit_rows(self, x):
-        lam = tf.zeros(tf.stack([tf.shape(x)[0], sum(self.lam_sizes)]))
-        xi = tf.fill(tf.stack([tf.shape(x)[0], sum(self.xi_sizes)]), mfb.XI_START)
-        return self.refine(x, lam, xi, self.mean_field_eval_steps)
+        return self._by_chunks(self._fit_chunk, (x,), self._specs(terms=True),
+                               self.mean_field_eval_steps)
+
+    def _fit_key(self) -> list:
+        return tf.nest.flatten(self.network()) + [tf.constant(float(self.mean_field_eval_steps))]
+
+    def _fit_or_reuse(self, x):
+        """``_fit_rows(x)``, or what it gave for the same rows last if the key is unchanged.
+
+        Not under Keras' ``jit_compile=True`` (XLA takes no variable whose shape changes).
+        """
+        if getattr(self, "_jit_compile", False):
+            return self._fit_rows(x)
+        last, key = self._last_fit, self._fit_key()
+        found, where = last.lookup(x, key)
+
+        def fresh():
+            outputs = self._fit_rows(x)
+            with tf.control_dependencies(last.store(x, outputs, key)):
+                return tuple(tf.identity(t) for t in outputs)
+
+        return tf.cond(found, lambda: tuple(tf.gather(v, where) for v in last.outputs), fresh)
 
     def fitted(self, x) -> dict:
         """Fresh mean-field parameters for rows ``x`` (``mean_field_eval_steps`` updates).
 
-        Returns ``{"lams": [...], "xis": [...], "bound": [n]}``. Within one traced
+        Returns ``{"lams": [...], "xis": [...], "bound": [n], "fit": [n], "rest": [n],
+        "units": [n, K]}`` (the last three :func:`tfvae.models.mean_field_bound.bound_terms`'
+        parts at the fitted parameters). Within one traced
         function the parameters of one input tensor are fitted once and shared by
         the hooks that ask for them (evaluation asks for the bound, the means and
-        the KL per unit of the same batch).
+        the KL per unit of the same batch); rows among those fitted last, under the
+        same weights, are not fitted again (:class:`_LastFit`).
         """
         x = tf.convert_to_tensor(x, tf.float32)
         eager = tf.executing_eagerly()
         memo = self._memo
         if not eager and memo.key is not None and memo.key == x.ref():
             return memo.value
-        lam, xi, value = self._fit_rows(x)
+        lam, xi, value, fit, rest, units = self._fit_or_reuse(x)
         lams, xis = self._split(lam, xi)
-        result = {"lams": lams, "xis": xis, "bound": value}
+        result = {"lams": lams, "xis": xis, "bound": value, "fit": fit, "rest": rest,
+                  "units": units}
         memo.key, memo.value = (None, None) if eager else (x.ref(), result)
         return result
 
     # -------------------------------------------------------------- training
+    def compile(self, optimizer="adam", steps_per_execution=None, jit_compile=None, **kwargs):
+        """As :meth:`tfvae.models.steps.TrainingSteps.compile`; ``jit_compile`` defaults to False.
+
+        The refinement and the bound's loops are XLA-compiled functions of their
+        own, and a batch's chunks are refined side by side; with
+        ``jit_compile=True`` Keras makes the whole step one XLA program, which runs
+        them one after another.
+        """
+        super().compile(optimizer, steps_per_execution, jit_compile=bool(jit_compile), **kwargs)
+
     def fit(self, *args, **kwargs):
         """Keras ``fit``; on arrays the row indices are passed as ``y`` (row i keeps parameters i).
 
@@ -256,12 +376,17 @@ class MeanFieldSBN(BinaryPrior, LatentVariableModel):
     def objective(self, batch, training=True, seed=None):
         """The negative bound of ``batch = (x, lam, xi)`` with the parameters held.
 
-        ``kl_weight`` (warm-up) weights every term but ``log p(x|z_1)``'s.
+        ``kl_weight`` (warm-up) weights every term but ``log p(x|z_1)``'s. The rows
+        are taken in one part per core, which run side by side outside XLA.
         """
-        x, lam, xi = batch
-        terms = mfb.bound_terms(x, self.network(), *self._split(lam, xi))
-        loss = -tf.reduce_mean(terms["fit"] + self.kl_weight * terms["rest"])
-        return loss, {"reconstruction": -terms["fit"], "kl": -terms["rest"]}
+        net, tensors = self.network(), [tf.convert_to_tensor(t, tf.float32) for t in batch]
+        n, cores = tf.shape(tensors[0])[0], os.cpu_count() or 1
+        sizes = tf.stack([(n + i) // cores for i in range(cores)])
+        parts = [mfb.bound_terms(x, net, *self._split(lam, xi), held=True)
+                 for x, lam, xi in zip(*[tf.split(t, sizes) for t in tensors], strict=True)]
+        fit, rest = (tf.concat([part[name] for part in parts], 0) for name in ("fit", "rest"))
+        loss = -tf.reduce_mean(fit + self.kl_weight * rest)
+        return loss, {"reconstruction": -fit, "kl": -rest}
 
     # ------------------------------------------------------- evaluation hooks
     def _posterior(self, lam):
@@ -279,9 +404,8 @@ class MeanFieldSBN(BinaryPrior, LatentVariableModel):
         minus the rest (the other layers' terms, the prior's and the entropy).
         """
         fit = self.fitted(x)
-        terms = mfb.bound_terms(x, self.network(), fit["lams"], fit["xis"])
         lam = fit["lams"][0]
-        return {"reconstruction": -terms["fit"], "kl": -terms["rest"],
+        return {"reconstruction": -fit["fit"], "kl": -fit["rest"],
                 "z": tf.cast(lam > 0.0, tf.float32), "q": self._posterior(lam)}
 
     def log_weights(self, x, k, seed=None):
@@ -307,8 +431,7 @@ class MeanFieldSBN(BinaryPrior, LatentVariableModel):
     def kl_per_dim(self, x):
         """Per unit of ``z_1``: minus what it adds to the bound's ``kl`` part (its
         conditional's or the prior's term and its entropy)."""
-        fit = self.fitted(x)
-        return -mfb.bound_terms(x, self.network(), fit["lams"], fit["xis"])["units"]
+        return -self.fitted(x)["units"]
 
     def call(self, x, training=None):
         """Decoder means at the mode of each row's fitted posterior, ``[batch, D]``."""

@@ -26,6 +26,11 @@ from ``z_(c+1)`` to the logits of its child (``x`` for ``c = 0``) and
 ``xis[c]`` that child's ``xi`` (``[batch, C]``). Logits rather than means are
 kept, so means near 0 or 1 stay exact in float32.
 
+The sums over parent-child pairs (each ``log E_q[e^(t z_i)]``, its derivatives and
+the gradients) are :mod:`tfvae.models.mean_field_sweeps`' compiled loops: the same
+quantities, summed in another order (one logarithm of a product of several factors
+rather than one per factor).
+
 Updates (:func:`refine`): a step moves every ``lam`` to the paper's
 mean-field equations, ``mu_i = sigmoid(dE/dmu_i)`` with ``E`` the bound
 without the entropy, and every ``xi`` by Newton's method on its own convex
@@ -40,6 +45,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from tfvae._keras import tf
+from tfvae.models import mean_field_sweeps as mfs
 
 #: Logits of the variational means are kept within +-LOGIT_LIMIT (means within 2e-9 of 0, 1).
 LOGIT_LIMIT = 20.0
@@ -125,13 +131,54 @@ def conditional(target, lam, layer: Linear, xi):
     return (target - xi) * mean - tf.reduce_logsumexp(both, axis=0)
 
 
+def held_conditional(target, lam, layer: Linear, xi):
+    """:func:`conditional` with ``target``, ``lam`` and ``xi`` held: a gradient for the weights.
+
+    The gradient is the closed form ``d term_i / d W_ji = (target_i - xi_i) mu_j -
+    sum_t w_t t s_j`` (``w_t`` each ``t``'s share of ``E[e^-xi z + e^(1-xi) z]``, ``s_j``
+    the parent's mean tilted by ``e^(t z_i)``) and ``d term_i / d b_i = target_i - xi_i -
+    sum_t w_t t``. Weights within :data:`tfvae.models.mean_field_sweeps.WEIGHT_LIMIT`
+    take the loops, others ``[2, batch, P, C]`` tensors.
+    """
+    target, lam, xi = (tf.stop_gradient(v) for v in (target, lam, xi))
+    mu, t = tf.sigmoid(lam), tf.stack([-xi, 1.0 - xi])
+    looped = mfs.applies(layer.kernel)
+
+    @tf.custom_gradient
+    def term(kernel, bias):
+        held = tf.stop_gradient(kernel)  # no tape records the loops: the gradient is below
+        log_a = t * bias + tf.cond(
+            looped, lambda: mfs.children_sums(lam, held, xi, derivatives=False)[0],
+            lambda: tf.stack([log_mgf(lam, Linear(kernel, 0.0), -xi),
+                              log_mgf(lam, Linear(kernel, 0.0), 1.0 - xi)]))
+        value = (target - xi) * (mu @ kernel + bias) - tf.reduce_logsumexp(log_a, axis=0)
+
+        def grad(upstream):
+            share = upstream * tf.nn.softmax(log_a, axis=0) * t         # [2, batch, C]
+            direct = upstream * (target - xi)
+            tilted = tf.cond(
+                looped, lambda: mfs.weight_sums(lam, held, xi, share),
+                lambda: tf.reduce_sum(share[:, :, None, :] * tf.sigmoid(
+                    lam[None, :, :, None] + t[:, :, None, :] * kernel), axis=[0, 1]))
+            return (tf.transpose(mu) @ direct - tilted,
+                    tf.reduce_sum(direct - tf.reduce_sum(share, axis=0), axis=0))
+
+        return value, grad
+
+    return term(layer.kernel, layer.bias)
+
+
 def prior_term(lam, prior_logits):
     """``E_q[log p(z_L)]`` per unit, exact: ``mu h - softplus(h)``."""
     return tf.sigmoid(lam) * prior_logits - tf.nn.softplus(prior_logits)
 
 
-def bound_terms(x, net: Network, lams, xis) -> dict:
+def bound_terms(x, net: Network, lams, xis, held: bool = False) -> dict:
     """The bound's parts per example: ``fit`` (the data's conditional) and ``rest``.
+
+    ``held``: the variational parameters are held (no gradient reaches them) and the
+    conditionals are :func:`held_conditional`'s, computed by the loops (weights'
+    gradients only; what a weight step needs).
 
     Returns:
       ``{"fit": [batch], "rest": [batch], "units": [batch, K_1]}``: the bound is
@@ -139,7 +186,10 @@ def bound_terms(x, net: Network, lams, xis) -> dict:
       each (its conditional's term and entropy; for one layer, the prior's).
     """
     targets = [x] + [tf.sigmoid(lam) for lam in lams[:-1]]
-    terms = [conditional(t, lam, layer, xi)
+    if held:
+        lams, xis = [tf.stop_gradient(v) for v in lams], [tf.stop_gradient(v) for v in xis]
+    term_of = held_conditional if held else conditional
+    terms = [term_of(t, lam, layer, xi)
              for t, lam, layer, xi in zip(targets, lams, net.layers, xis, strict=True)]
     top = prior_term(lams[-1], net.prior_logits)
     units = (terms[1] if len(terms) > 1 else top) + entropy(lams[0])
@@ -155,15 +205,37 @@ def bound(x, net: Network, lams, xis):
     return terms["fit"] + terms["rest"]
 
 
-def _steps_of(target, lam, layer: Linear, xi):
-    """One conditional's bound and the updates' derivatives, in one pass.
+def _newton(target, xi, mean, log_a, slope, curve):
+    """The term, the Newton step of ``xi`` and the weights of ``t`` from the pair sums.
 
-    Returns ``(term [batch, C], mean [batch, C], xi_step [batch, C], parent_grad [batch, P])``:
-    ``mean = E_q[z_i]`` (the derivative of the term by the child's mean), the
-    Newton step of each ``xi`` on ``f(xi) = xi E[z] + log E[e^-xi z + e^(1-xi) z]``,
-    and the term's derivative by the parents' means. One exponential and one
-    logarithm per parent, child and ``t``: this pass is the refinement's cost.
+    ``log_a [2, batch, C]`` is ``log E_q[e^(t z_i)]`` at ``t = -xi, 1 - xi``, ``slope``
+    and ``curve`` its first two ``t``-derivatives; the Newton step is on
+    ``f(xi) = xi E[z] + log E[e^-xi z + e^(1-xi) z]``. Returns ``(term, xi_step, weights)``,
+    ``weights [2, batch, C]`` each ``t``'s share of ``E[e^-xi z + e^(1-xi) z]``.
     """
+    r = tf.sigmoid(log_a[1] - log_a[0])                       # share of t = 1 - xi
+    weights = tf.stack([1.0 - r, r])
+    term = (target - xi) * mean - tf.reduce_logsumexp(log_a, axis=0)
+    first = mean - tf.reduce_sum(weights * slope, axis=0)
+    second = tf.reduce_sum(weights * curve, axis=0) + r * (1.0 - r) * tf.square(
+        slope[1] - slope[0])
+    return term, -first / tf.maximum(second, _CURVATURE_FLOOR), weights
+
+
+def _looped_steps(target, lam, layer: Linear, xi):
+    """:func:`_steps_of` by :mod:`tfvae.models.mean_field_sweeps`' loops."""
+    kernel, bias = layer
+    mean = tf.sigmoid(lam) @ kernel + bias
+    log_f, slope, curve = mfs.children_sums(lam, kernel, xi)
+    log_a = tf.stack([-xi, 1.0 - xi]) * bias + log_f
+    term, xi_step, weights = _newton(target, xi, mean, log_a, bias + slope, curve)
+    parent_grad = (target - xi) @ tf.transpose(kernel) - mfs.parent_sums(lam, kernel, xi,
+                                                                           weights)
+    return term, mean, xi_step, parent_grad
+
+
+def _broadcast_steps(target, lam, layer: Linear, xi):
+    """:func:`_steps_of` on ``[2, batch, P, C]`` tensors, for any weights."""
     kernel, bias = layer
     mean = tf.sigmoid(lam) @ kernel + bias
     t = tf.stack([-xi, 1.0 - xi])                             # [2, batch, C]
@@ -177,13 +249,7 @@ def _steps_of(target, lam, layer: Linear, xi):
         - tf.reduce_sum(tf.nn.softplus(lam), axis=1)[None, :, None]
     slope = bias + tf.reduce_sum(kernel * s, axis=2)         # d log E[e^(tz)] / dt
     curve = tf.reduce_sum(tf.square(kernel) * s * inv, axis=2)
-    r = tf.sigmoid(log_a[1] - log_a[0])                       # share of t = 1 - xi
-    weights = tf.stack([1.0 - r, r])
-    term = (target - xi) * mean - tf.reduce_logsumexp(log_a, axis=0)
-    first = mean - tf.reduce_sum(weights * slope, axis=0)
-    second = tf.reduce_sum(weights * curve, axis=0) + r * (1.0 - r) * tf.square(
-        slope[1] - slope[0])
-    xi_step = -first / tf.maximum(second, _CURVATURE_FLOOR)
+    term, xi_step, weights = _newton(target, xi, mean, log_a, slope, curve)
     # d/dmu_j log(1 - mu_j + mu_j e^a) = (e^a - 1) / (1 - mu_j + mu_j e^a)
     #                                  = (e^u - e^lam_j) / (1 + e^u) * (1 + e^-lam_j)
     el = tf.exp(lam)[None, :, :, None]
@@ -191,6 +257,22 @@ def _steps_of(target, lam, layer: Linear, xi):
     parent_grad = (target - xi) @ tf.transpose(kernel) - tf.reduce_sum(
         weights[:, :, None, :] * tilt, axis=[0, 3])
     return term, mean, xi_step, parent_grad
+
+
+def _steps_of(target, lam, layer: Linear, xi):
+    """One conditional's bound and the updates' derivatives, in one pass.
+
+    Returns ``(term [batch, C], mean [batch, C], xi_step [batch, C], parent_grad [batch, P])``:
+    ``mean = E_q[z_i]`` (the derivative of the term by the child's mean), the
+    Newton step of each ``xi`` on ``f(xi) = xi E[z] + log E[e^-xi z + e^(1-xi) z]``,
+    and the term's derivative by the parents' means. One exponential per parent,
+    child and ``t``: this pass is the refinement's cost. Weights within
+    :data:`tfvae.models.mean_field_sweeps.WEIGHT_LIMIT` take the loops, any others the
+    same formulas broadcast.
+    """
+    return tf.cond(mfs.applies(layer.kernel),
+                   lambda: _looped_steps(target, lam, layer, xi),
+                   lambda: _broadcast_steps(target, lam, layer, xi))
 
 
 def directions(x, net: Network, lams, xis):
@@ -218,6 +300,12 @@ def directions(x, net: Network, lams, xis):
     return total, [g - lam for g, lam in zip(grads, lams, strict=True)], xi_steps
 
 
+def _value(x, net: Network, lams, xis):
+    """:func:`bound`'s value by the loops (where the weights allow)."""
+    terms = bound_terms(x, net, lams, xis, held=True)
+    return terms["fit"] + terms["rest"]
+
+
 def _move(lams, xis, lam_steps, xi_steps, eta):
     size = eta[:, None]
     new_lams = [tf.clip_by_value(lam + size * step, -LOGIT_LIMIT, LOGIT_LIMIT)
@@ -230,9 +318,9 @@ def _move(lams, xis, lam_steps, xi_steps, eta):
 def refine(x, net: Network, lams, xis, steps: int):
     """``steps`` damped updates of every example's ``lam`` and ``xi`` (the module's docstring).
 
-    Each step evaluates the bound and the directions once. Returns ``(lams, xis,
-    bound [batch])`` at the best point met, whose bound is at least the
-    starting one for every example.
+    Each step evaluates the bound and the directions once (the last, the bound alone).
+    Returns ``(lams, xis, bound [batch])`` at the best point met, whose bound is at
+    least the starting one for every example.
     """
     lams, xis = list(lams), list(xis)
     n = len(lams)
@@ -241,7 +329,11 @@ def refine(x, net: Network, lams, xis, steps: int):
         lams, xis = list(state[:n]), list(state[n:2 * n])
         dl, dx = list(state[2 * n:3 * n]), list(state[3 * n:])
         new_lams, new_xis = _move(lams, xis, dl, dx, eta)
-        value, new_dl, new_dx = directions(x, net, new_lams, new_xis)
+        # The last pass's directions would go unused: it evaluates the bound alone.
+        value, new_dl, new_dx = tf.cond(
+            i < steps, lambda: directions(x, net, new_lams, new_xis),
+            lambda: (_value(x, net, new_lams, new_xis), [tf.zeros_like(v) for v in new_lams],
+                     [tf.zeros_like(v) for v in new_xis]))
         ok = value >= best
         keep = ok[:, None]
 
