@@ -73,6 +73,7 @@ with tempfile.TemporaryDirectory() as tmp:
     n_train = run.status["data"]["train"]
     out = {"program": "tfvae", "model": opts["model"], "arch": opts.get("arch", "mlp"),
            "path": choose_path(run.config), "epochs": opts["epochs"],
+           "precision": run.config.precision,
            "sec_per_epoch_median": median, "epoch_sec": secs,
            "train_images_per_sec": n_train / median,
            "process_cpu_sec": time.process_time() - c0,
@@ -203,7 +204,7 @@ def run_tfvae(args, model: str) -> dict:
     iwae_k = args.iwae_k if model == "gaussian" else 0
     opts = dict(data_dir=args.data_dir, binarize="static", val_fraction=0.0,
                 epochs=args.epochs, latent_dim=20, batch_size=128, lr=1e-3,
-                seed=0, iwae_k=1, iwae_k_bench=iwae_k, **options)
+                seed=0, iwae_k=1, iwae_k_bench=iwae_k, precision=args.precision, **options)
     done = subprocess.run([sys.executable, "-c", TFVAE_CHILD, json.dumps(opts)],
                           capture_output=True, text=True)
     if done.returncode:
@@ -272,6 +273,8 @@ def main():
                         "each in its own process")
     p.add_argument("--models", nargs="+", default=["gaussian", "bernoulli", "ae-gmm"],
                    choices=list(SETUPS), help="conv: the peer's conv VAE (--arch conv)")
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="what tfvae's networks compute in (`tfvae train --precision`)")
     p.add_argument("--main-job", action="store_true",
                    help="time the README's main job (`tfvae train`) and its phases instead, "
                         "beside the peer's whole 20-epoch run on the same digits")

@@ -28,7 +28,7 @@ MAX_FUNCTION_LINES = 60
 LAYERS = [
     # parts with no tfvae dependencies but each other
     {"tfvae", "tfvae._keras", "tfvae.errors", "tfvae.options", "tfvae.files", "tfvae.sampler_noise",
-     "tfvae.fused_blocks", "tfvae.runtime", "tfvae.config", "tfvae.budget"},
+     "tfvae.fused_blocks", "tfvae.runtime", "tfvae.config", "tfvae.sizes", "tfvae.budget"},
     # data, networks, objectives, estimators, distribution, the mixture sampler
     {"tfvae.data", "tfvae.networks", "tfvae.heads", "tfvae.distributions", "tfvae.objectives",
      "tfvae.distribute", "tfvae.estimators", "tfvae.estimators.layered", "tfvae.gmm"},

@@ -20,6 +20,7 @@ from typing import Any
 
 from tfvae import budget, options
 from tfvae.errors import ConfigError
+from tfvae.sizes import image_shape_3d, parse_shape, parse_sizes
 
 # Config fields that describe the network (passed to every model constructor);
 # the others describe data and optimisation.
@@ -77,76 +78,6 @@ def _option(default, help: str, *, choices=None, kind=None, flag=None, cli=True,
     metadata = {"help": help, "choices": choices, "kind": kind, "flag": flag, "cli": cli,
                 "show_default": show_default}
     return dataclasses.field(default=default, metadata=metadata)
-
-
-def parse_sizes(value: Any, name: str = "hidden", allow_empty: bool = True) -> tuple[int, ...]:
-    """Parses layer sizes given as ``"512,256"``, ``400``, ``[512, 256]`` or ``""``.
-
-    Args:
-      value: the sizes, as a comma-separated string, an int or a sequence.
-      name: the option name, used in error messages.
-      allow_empty: whether no hidden layer at all (a linear map) is allowed.
-
-    Returns:
-      A tuple of positive ints.
-    """
-    flag = f"--{name.replace('_', '-')}"
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        text = value.strip()
-        if text in ("", "none", "()"):
-            parts = []
-        else:
-            try:
-                parts = [int(p) for p in text.split(",") if p.strip() != ""]
-            except ValueError:
-                raise ConfigError(
-                    f"{flag} must be comma-separated positive integers such as 400 or "
-                    f"512,256; got {value!r}"
-                ) from None
-    elif isinstance(value, int) and not isinstance(value, bool):
-        parts = [value]
-    else:
-        try:
-            parts = [int(p) for p in value]
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"{name} must be a sequence of positive integers, got {value!r}"
-            ) from None
-    if any(p <= 0 for p in parts):
-        raise ConfigError(f"{flag} sizes must be positive integers, got {value!r}")
-    if not parts and not allow_empty:
-        raise ConfigError(f"{flag} needs at least one layer size")
-    return tuple(parts)
-
-
-def parse_shape(value, name: str) -> tuple[int, ...]:
-    """Sizes given as ``"32,32,3"``, ``[32, 32]`` or a tuple, as positive ints."""
-    flag = f"--{name.replace('_', '-')}"
-    try:
-        parts = [int(p) for p in value.split(",")] if isinstance(value, str) else \
-            [int(p) for p in value]
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag} must be comma-separated positive integers such as 32,32,3; "
-                          f"got {value!r}") from None
-    if not parts or min(parts) <= 0:
-        raise ConfigError(f"{flag} must be positive integers, got {value!r}")
-    return tuple(parts)
-
-
-def image_shape_3d(shape) -> tuple[int, int, int]:
-    """``(H, W, C)`` from ``(H, W)`` or ``(H, W, C)``; ConfigError otherwise."""
-    try:
-        shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise ConfigError(f"image_shape must be (H, W) or (H, W, C), got {shape!r}") from None
-    if len(shape) == 2:
-        shape = shape + (1,)
-    if len(shape) != 3 or min(shape) <= 0:
-        raise ConfigError(f"image_shape must be (H, W) or (H, W, C) of positive sizes, "
-                          f"got {shape!r}")
-    return shape
 
 
 @dataclasses.dataclass
@@ -229,6 +160,11 @@ class Config:
     deterministic: bool = _option(
         False, "Turn on TensorFlow op determinism: same seed, same figures exactly "
         "(may be slower).", flag="--deterministic")
+    precision: str | None = _option(
+        None, "Precision the networks compute in: float32, or bfloat16 or float16 as Keras' "
+        "mixed precision (variables, distributions and the loss stay float32) [default: "
+        "Keras' global policy, float32 unless set].", choices=options.PRECISIONS,
+        show_default=False)
     strategy: str = _option(
         "default", "tf.distribute strategy: one device, every local GPU (mirrored), or "
         "several machines described by TF_CONFIG (multiworker); --batch-size is the global "
@@ -441,6 +377,9 @@ def check_inference(config) -> None:
                           "binary or binarized data with --likelihood bernoulli")
     if config.strategy != "default":
         raise ConfigError(f"{flag} trains on one device: leave out --strategy")
+    if config.precision not in (None, "float32"):
+        raise ConfigError(f"{flag} fits its posteriors and weights in float32: leave out "
+                          f"--precision {config.precision} (and keep Keras' global policy float32)")
 
 
 def parse_components(value) -> int | str:

@@ -119,6 +119,13 @@ INITS = {
     "he": "He-uniform weights (for ReLU layers), zero biases",
 }
 
+#: ``--precision`` of training: what the networks compute in (``tfvae.runs.families.POLICIES``).
+PRECISIONS = {
+    "float32": "float32 throughout",
+    "bfloat16": "Keras' mixed_bfloat16: networks in bfloat16, variables float32",
+    "float16": "Keras' mixed_float16: networks in float16, variables float32, loss scaling",
+}
+
 #: ``--activation``: hidden layers' nonlinearity (``tfvae.networks.ACTIVATIONS``).
 ACTIVATIONS = {
     "relu": "max(0, x)",

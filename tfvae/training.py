@@ -1,9 +1,7 @@
 """Training runs: data, model, Keras ``fit`` with callbacks, checkpoints, evaluation.
 
-:func:`train` is what ``tfvae train`` calls; everything it does is also
-available piece by piece (:mod:`tfvae.data`, the model classes, ``fit``,
-:mod:`tfvae.callbacks`, :func:`tfvae.evaluate`) for users who write their
-own loop.
+:func:`train` is what ``tfvae train`` calls; its pieces (:mod:`tfvae.data`, the
+models, ``fit``, :mod:`tfvae.callbacks`, :func:`tfvae.evaluate`) serve own loops.
 
 Ctrl-C and SIGTERM stop training at a clean point (after the step in
 progress; an epoch cut short is not recorded, one whose steps all ran is)
@@ -30,7 +28,7 @@ from tfvae.errors import ConfigError, Interrupted, RunDirError, TfvaeError
 from tfvae.final_evaluation import finish_run
 from tfvae.fused_blocks import is_block
 from tfvae.runs import layout, record
-from tfvae.runs.families import family_for
+from tfvae.runs.families import family_for, global_precision
 from tfvae.runs.recorder import RunRecorder
 from tfvae.runs.run_data import data_info, load_data
 from tfvae.runs.store import Run, build_model, load_config
@@ -267,6 +265,7 @@ def _new_run(config: Config, out: Path, options: dict, lock=None) -> Run:
     if lock is None and config.strategy != "multiworker":  # a cluster's workers share --out
         lock = layout.create_run_dir(out)  # first: a second writer is refused at once
     try:
+        config = dataclasses.replace(config, precision=config.precision or global_precision())
         with _Signals() as signals, _advice_on_interrupt(out, config):
             strategy = distribute.make_strategy(config.strategy)
             chief = distribute.is_chief(strategy)

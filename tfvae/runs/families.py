@@ -10,6 +10,7 @@ figures to draw. Adding a model family is its model class plus one
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 from collections.abc import Callable
@@ -57,10 +58,52 @@ class Family:
         return getattr(importlib.import_module(module), name)
 
     def build(self, config):
-        """An untrained model from a Config whose data fields are set."""
+        """An untrained model from a Config whose data fields are set, its layers under
+        the Keras policy of ``config.precision``."""
         kwargs = config.model_kwargs()
         kwargs.update({name: getattr(config, name) for name in self.config_fields})
-        return self.cls()(**kwargs)
+        with compute_policy(config.precision):
+            return self.cls()(**kwargs)
+
+
+# ------------------------------------------------------------ precision
+
+#: Keras' mixed-precision policy of each ``--precision`` (:data:`tfvae.options.PRECISIONS`).
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def global_precision() -> str:
+    """The ``--precision`` that Keras' global policy stands for.
+
+    Raises:
+      ConfigError: the global policy is none tfvae trains under.
+    """
+    from tfvae._keras import keras
+
+    name = keras.mixed_precision.global_policy().name
+    for precision, policy in POLICIES.items():
+        if policy == name:
+            return precision
+    raise ConfigError(f"Keras' global policy is {name!r}, which tfvae does not train under: "
+                      f"set one of {', '.join(POLICIES.values())}, or pass precision= "
+                      f"({', '.join(POLICIES)})")
+
+
+@contextlib.contextmanager
+def compute_policy(precision: str | None):
+    """Keras' global policy set to that of ``precision`` while layers are made, then put
+    back (None: the global policy as it is, as runs recorded before ``precision`` were)."""
+    if precision is None:
+        yield
+        return
+    from tfvae._keras import keras
+
+    before = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(POLICIES[precision])
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(before)
 
 
 # ------------------------------------------------------------ ae-gmm extras
