@@ -42,13 +42,15 @@ def committed(family) -> dict:
 def train_data():
     """``(config_of(family), training rows)``: build.sh's configuration, filled by its data."""
     from tfvae.config import Config
+    from tfvae.runs.families import with_precision
     from tfvae.runs.run_data import data_info, load_data, train_float
 
     cache = {}
 
     def config_of(family):
         if family not in cache:
-            config = Config(model=family)  # build.sh: tfvae.train(model=family) defaults
+            # build.sh: tfvae.train(model=family) defaults, the precision as a new run records it
+            config = with_precision(Config(model=family))
             dataset, splits = load_data(config)
             cache[family] = config, data_info(dataset, splits), splits
         return cache[family]

@@ -28,7 +28,7 @@ from tfvae.errors import ConfigError, Interrupted, RunDirError, TfvaeError
 from tfvae.final_evaluation import finish_run
 from tfvae.fused_blocks import is_block
 from tfvae.runs import layout, record
-from tfvae.runs.families import family_for, global_precision
+from tfvae.runs.families import family_for, with_precision
 from tfvae.runs.recorder import RunRecorder
 from tfvae.runs.run_data import data_info, load_data
 from tfvae.runs.store import Run, build_model, load_config
@@ -265,7 +265,7 @@ def _new_run(config: Config, out: Path, options: dict, lock=None) -> Run:
     if lock is None and config.strategy != "multiworker":  # a cluster's workers share --out
         lock = layout.create_run_dir(out)  # first: a second writer is refused at once
     try:
-        config = dataclasses.replace(config, precision=config.precision or global_precision())
+        config = with_precision(config)  # recorded: resumed and loaded runs build alike
         with _Signals() as signals, _advice_on_interrupt(out, config):
             strategy = distribute.make_strategy(config.strategy)
             chief = distribute.is_chief(strategy)

@@ -89,6 +89,13 @@ def global_precision() -> str:
                       f"({', '.join(POLICIES)})")
 
 
+def with_precision(config):
+    """``config`` with its ``precision`` set: the global policy's if it has none, as a new
+    run records it."""
+    return config if config.precision else dataclasses.replace(config,
+                                                               precision=global_precision())
+
+
 @contextlib.contextmanager
 def compute_policy(precision: str | None):
     """Keras' global policy set to that of ``precision`` while layers are made, then put
