@@ -291,7 +291,7 @@ def test_names_exist_once_options_config_cli_and_registries_agree():
     from tfvae.estimators import ESTIMATORS
     from tfvae.gmm import COVARIANCE_TYPES
     from tfvae.heads import GAUSSIAN_SCALES, OBSERVATIONS
-    from tfvae.runs.families import FAMILIES
+    from tfvae.runs.families import FAMILIES, POLICIES
 
     assert tuple(ESTIMATORS) == tuple(options.ESTIMATORS)
     from tfvae.estimators.layered import LAYERED_ESTIMATORS
@@ -302,6 +302,7 @@ def test_names_exist_once_options_config_cli_and_registries_agree():
     assert tuple(OBSERVATIONS) == tuple(options.LIKELIHOODS)
     assert tuple(GAUSSIAN_SCALES) == tuple(options.OBS_SCALES)
     assert tuple(COVARIANCE_TYPES) == tuple(options.COVARIANCES)
+    assert tuple(POLICIES) == tuple(options.PRECISIONS)
     params = {p.name: p for p in cli.commands["train"].params}
     for field in dataclasses.fields(Config):
         if not field.metadata["cli"]:
