@@ -33,6 +33,39 @@ SMALL = dict(latent_dim=2, hidden=(32,))
 SMALL_RUN = dict(SMALL, iwae_k=5, verbose=0, figures=False)
 
 
+#: Tests that take a minute or more, longest first (a prefix of a test's id).
+LONGEST = (
+    "tests/test_readme.py::test_every_block_runs",
+    "tests/test_exported.py::test_build_sh",
+    "tests/test_relax.py::test_relax_trains",
+    "tests/test_mean_field.py::test_cli_trains",
+    "tests/test_distribute.py::test_mirrored_matches",
+)
+
+
+#: What runs import on first use: imported before the objects of imports are frozen.
+LAZY_MODULES = ("tensorflow", "tf_keras", "tensorflow_probability", "sklearn.mixture",
+                "matplotlib.figure", "matplotlib.backends.backend_agg",
+                "tensorboard.summary", "tfvae.training", "tfvae.export",
+                "tfvae_cli.main")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest tests first, the documentation pages with the most code first among them.
+
+    With ``-n 2 --dist worksteal`` (CI's slow run), a worker that finishes
+    early takes tests queued for the other, so starting the long ones first
+    leaves no long test running alone at the end.
+    """
+    def cost(item):
+        rank = next((i for i, prefix in enumerate(LONGEST) if item.nodeid.startswith(prefix)),
+                    len(LONGEST))
+        page = getattr(item, "callspec", None) and item.callspec.params.get("page")
+        return rank, -len(page.read_text()) if rank == 0 and page else 0
+
+    items.sort(key=cost)
+
+
 def pytest_collection_finish(session):
     """Objects that exist once the tests are collected leave the collector's full passes.
 
@@ -40,8 +73,14 @@ def pytest_collection_finish(session):
     long as the test process. ``tfvae.train`` hands memory back with a
     full collection several times a run, and each walks every tracked object;
     frozen (as the console script freezes them, see ``tfvae_cli.main``), those
-    walks cover only what the tests make.
+    walks cover only what the tests make. The modules a run imports only when
+    it needs them (the mixture, the figures, TensorBoard's writer, export)
+    are imported first, so that their objects are frozen too.
     """
+    import importlib
+
+    for module in LAZY_MODULES:
+        importlib.import_module(module)
     freeze_imported_objects()
 
 
