@@ -34,6 +34,8 @@ peer's bits per dimension (IWAE k=100).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -74,6 +76,23 @@ SETUPS = {
 }
 
 
+@contextlib.contextmanager
+def adam_epsilon(epsilon: float | None):
+    """tfvae's Adam with another epsilon than Keras' (an experiment: tfvae has no option)."""
+    if epsilon is None:
+        yield
+        return
+    from tfvae._keras import keras
+
+    adam = keras.optimizers.Adam
+    original = adam.__init__
+    adam.__init__ = functools.partialmethod(original, epsilon=epsilon)
+    try:
+        yield
+    finally:
+        adam.__init__ = original
+
+
 def run_tfvae(args, model: str, latent: int, seed: int, estimator: str | None) -> dict:
     import tfvae
     from tfvae.evaluation import evaluate
@@ -94,7 +113,7 @@ def run_tfvae(args, model: str, latent: int, seed: int, estimator: str | None) -
     if estimator:
         options["estimator"] = estimator
         options["num_samples"] = args.num_samples
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, adam_epsilon(args.adam_epsilon):
         start = time.perf_counter()
         run = tfvae.train(out=Path(tmp) / "run", verbose=0, figures=False, **options)
         wall = time.perf_counter() - start
@@ -108,9 +127,10 @@ def run_tfvae(args, model: str, latent: int, seed: int, estimator: str | None) -
             "model": model,
             "arch": run.config.arch,
             "estimator": estimator,
-            "init": run.config.init,
-            "head_init": run.config.head_init or run.config.init,
+            "init": run.model.init,  # as the model resolved it (None: its default)
+            "head_init": run.model.head_init or run.model.init,
             "set": args.set,
+            "adam_epsilon": args.adam_epsilon,
             "latent": latent,
             "seed": seed,
             "epochs": args.epochs,
@@ -166,6 +186,8 @@ def main():
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--init", default=None, help="tfvae's --init [default: tfvae's default].")
     p.add_argument("--head-init", default=None, help="tfvae's --head-init [default: --init].")
+    p.add_argument("--adam-epsilon", type=float, default=None,
+                   help="Adam's epsilon for tfvae [default: Keras' 1e-7; PyTorch's is 1e-8].")
     p.add_argument("--no-tfvae", action="store_true", help="Run only the peers.")
     p.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
                    help="Another tfvae option, e.g. --set output_bias_from_data=false.")

@@ -93,3 +93,33 @@ def test_init_is_in_the_saved_model_and_config(tmp_path):
     again = Config.from_json(cfg.to_json())
     assert (again.init, again.head_init) == ("fan-in", "glorot")
     assert cfg.model_kwargs()["init"] == "fan-in"
+
+
+@pytest.mark.parametrize("likelihood, obs_scale, expected", [
+    ("gaussian", "shared", "fan-in"),
+    ("gaussian", "decoder", "glorot"),
+    ("gaussian", "pixel", "glorot"),
+    ("logistic", "decoder", "glorot"),
+    ("bernoulli", "decoder", "glorot"),
+])
+def test_without_init_a_model_starts_as_measured_best_for_its_observation_model(
+        likelihood, obs_scale, expected):
+    """The default start is the benchmarks' best per observation model: PyTorch's fan-in
+    start for a Gaussian with one shared scale, Keras' Glorot start for the others."""
+    keras.utils.set_random_seed(0)
+    model = tfvae.GaussianVAE(input_dim=784, latent_dim=20, hidden=(400,),
+                              likelihood=likelihood, obs_scale=obs_scale)
+    assert (model.init, model.head_init) == (expected, None)
+    first = _layers_with_kernels(model.encoder)[0]
+    assert (_largest(first.bias) > 0.0) == (expected == "fan-in")  # glorot: zero biases
+    assert model.get_config()["init"] == expected  # what a saved model rebuilds with
+    explicit = tfvae.GaussianVAE(input_dim=784, latent_dim=20, hidden=(400,),
+                                 likelihood=likelihood, obs_scale=obs_scale, init="he")
+    assert explicit.init == "he"
+
+
+def test_a_config_without_init_leaves_the_choice_to_the_model():
+    cfg = Config(likelihood="gaussian", obs_scale="shared", input_dim=16, image_shape=(4, 4))
+    assert cfg.init is None and cfg.model_kwargs()["init"] is None
+    model = tfvae.GaussianVAE(**{**cfg.model_kwargs(), "latent_dim": 2, "hidden": (8,)})
+    assert model.init == "fan-in"

@@ -120,7 +120,9 @@ class Config:
                                       kind="sizes")
     activation: str = _option("relu", "Nonlinearity of the hidden dense layers.",
                               choices=options.ACTIVATIONS)
-    init: str = _option("glorot", "How the hidden layers' weights start.", choices=options.INITS)
+    init: str | None = _option(
+        None, "How the hidden layers' weights start [default: fan-in for a Gaussian likelihood "
+        "with --obs-scale shared, glorot otherwise].", choices=options.INITS, show_default=False)
     head_init: str | None = _option(
         None, "How the layers giving the distributions' parameters start [default: --init].",
         choices=options.INITS)

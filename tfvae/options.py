@@ -119,6 +119,13 @@ INITS = {
     "he": "He-uniform weights (for ReLU layers), zero biases",
 }
 
+
+def default_init(likelihood: str | None, obs_scale: str | None) -> str:
+    """The ``--init`` a model takes when none is given, chosen per observation model by the
+    benchmarks (benchmarks/README.md): ``fan-in`` for a Gaussian with one shared scale,
+    ``glorot`` for every other."""
+    return "fan-in" if (likelihood, obs_scale) == ("gaussian", "shared") else "glorot"
+
 #: ``--precision`` of training: what the networks compute in (``tfvae.runs.families.POLICIES``).
 PRECISIONS = {
     "float32": "float32 throughout",

@@ -101,7 +101,8 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         networks that read them see ``2 z - 1``, as the DisARM code's
         ``--demean_input`` does.
       init: how the hidden layers' weights start, a key of
-        :data:`tfvae.options.INITS` (``glorot``, ``fan-in``, ``he``).
+        :data:`tfvae.options.INITS` (``glorot``, ``fan-in``, ``he``); None: the
+        start for the observation model (:func:`tfvae.options.default_init`).
       head_init: how the layers giving the distributions' parameters start
         (None: as ``init``).
     """
@@ -127,7 +128,7 @@ class LatentVariableModel(TrainingSteps, keras.Model):
         levels: int = 256,
         activation: str = "relu",
         center_input: bool = False,
-        init: str = "glorot",
+        init: str | None = None,
         head_init: str | None = None,
         **kwargs,
     ):
@@ -162,8 +163,8 @@ class LatentVariableModel(TrainingSteps, keras.Model):
                               f"{', '.join(networks.ACTIVATIONS)}")
         self.activation = activation
         self.center_input = bool(center_input)
-        self.init, self.head_init = _checked_init("init", init), _checked_init(
-            "head_init", head_init)
+        self.init = _checked_init("init", init) or options.default_init(likelihood, obs_scale)
+        self.head_init = _checked_init("head_init", head_init)
         # KL weight for warm-up (Bowman et al. 2016); 1 gives the ELBO. Kept in a
         # non-trainable variable so a callback can change it without retracing.
         self.kl_weight = tf.Variable(1.0, trainable=False, name="kl_weight")
