@@ -123,3 +123,17 @@ def test_a_config_without_init_leaves_the_choice_to_the_model():
     assert cfg.init is None and cfg.model_kwargs()["init"] is None
     model = tfvae.GaussianVAE(**{**cfg.model_kwargs(), "latent_dim": 2, "hidden": (8,)})
     assert model.init == "fan-in"
+
+
+@pytest.mark.parametrize("options, expected", [
+    (dict(likelihood="gaussian", obs_scale="shared", binarize="none"), "fan-in"),
+    (dict(), "glorot"),  # Bernoulli pixels
+    (dict(likelihood="gaussian", obs_scale="shared", binarize="none", init="he"), "he"),
+])
+def test_a_run_records_the_start_it_takes(options, expected):
+    """A run's config (what config.json holds) names the start, resolved with the likelihood."""
+    from tfvae.runs.run_data import load_data
+
+    config = Config(**options)
+    load_data(config)
+    assert config.init == expected

@@ -34,7 +34,8 @@ def resolve_likelihood(config, dataset) -> str:
 def load_data(config):
     """Loads and prepares the data a Config names; fills in its data fields.
 
-    Sets ``config.likelihood``, ``config.binarize``, ``config.input_dim``,
+    Sets ``config.likelihood``, ``config.init`` (when None: the start for that
+    likelihood, :func:`tfvae.options.default_init`), ``config.binarize``, ``config.input_dim``,
     ``config.image_shape`` (and, for mean-field inference,
     ``config.train_examples``) from the data, and
     keeps only the prepared splits (the raw arrays are dropped, so the data set
@@ -49,6 +50,7 @@ def load_data(config):
     if config.image_shape is not None:
         dataset = data.with_image_shape(dataset, config.image_shape)
     config.likelihood = resolve_likelihood(config, dataset)
+    config.init = config.init or options.default_init(config.likelihood, config.obs_scale)
     splits = data.prepare(
         dataset,
         likelihood=config.likelihood,
