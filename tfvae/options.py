@@ -126,6 +126,7 @@ def default_init(likelihood: str | None, obs_scale: str | None) -> str:
     ``glorot`` for every other."""
     return "fan-in" if (likelihood, obs_scale) == ("gaussian", "shared") else "glorot"
 
+
 #: ``--precision`` of training: what the networks compute in (``tfvae.runs.families.POLICIES``).
 PRECISIONS = {
     "float32": "float32 throughout",
