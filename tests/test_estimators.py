@@ -265,6 +265,22 @@ def test_gradient_variance_diagnostics(problem_data):
         gradient_variance(model, x, estimators=("nvil",), num_draws=2)
 
 
+
+def test_snr_leaves_out_parameters_that_only_rounding_moves():
+    """A parameter moved only by a deterministic term (a saturated unit's KL) differs between
+    draws by float32 rounding; its ratio would be ~1e6 and swamp the mean (rloo gave 156)."""
+    from tfvae.diagnostics import _spread
+
+    rng = np.random.default_rng(0)
+    noisy = rng.normal(1.0, 2.0, size=(5, 50))
+    value = np.float32(1.9e-4)
+    rounded = value + np.array([0, 1, -1, 2, 0])[:, None] * np.spacing(value)  # float32 steps
+    exact = np.full((5, 3), 0.5)  # no spread at all
+    stats = _spread(np.concatenate([noisy, rounded.astype(np.float64), exact], axis=1))
+    expected = np.mean(np.abs(noisy.mean(0)) / noisy.std(0, ddof=1))
+    np.testing.assert_allclose(stats["snr"], expected)
+    assert stats["snr"] < 10
+
 def _bias(model, x1, name, temperature, draws=20000):
     """Mean gradient minus the exact ELBO gradient wrt the logits, and its noise (norms)."""
     grads, a1 = _per_draw_logit_grads(model, x1, name, draws=draws, seed=5,

@@ -53,7 +53,8 @@ def gradient_variance(model, x, estimators=None, num_draws: int = 50, seed: int 
       antithetic pair), ``variance`` (trace of the gradient's covariance over
       encoder parameters, summed per-parameter variances), ``mean_sq_norm``
       (mean of ``||g||^2``), ``mean_norm`` (``||mean g||``), ``snr`` (mean over
-      parameters of ``|mean| / std``, parameters with zero spread left out),
+      parameters of ``|mean| / std``, parameters without spread left out: see
+      :func:`_spread`),
       and ``norm_snr`` (``||mean g|| / sqrt(variance)``).
     """
     from tfvae._keras import tf
@@ -107,12 +108,22 @@ def _draws(model, x, name: str, k: int, num_draws: int, seed: int) -> np.ndarray
                      for i in range(num_draws)])
 
 
+#: A spread below this fraction of a parameter's mean gradient is float32 rounding.
+ROUNDING = 128 * float(np.finfo(np.float32).eps)
+
+
 def _spread(draws: np.ndarray) -> dict:
-    """Variance, norms and signal-to-noise ratios of gradient draws ``[draws, params]``."""
+    """Variance, norms and signal-to-noise ratios of gradient draws ``[draws, params]``.
+
+    ``snr`` leaves out the parameters whose draws agree to within float32
+    rounding (:data:`ROUNDING` of their mean): only a deterministic term
+    moves them (the KL's, for a unit whose probability is saturated), and
+    their ratio, a mean over rounding noise, would swamp every other.
+    """
     mean = draws.mean(axis=0)
     var = draws.var(axis=0, ddof=1)  # unbiased, per parameter
     std = np.sqrt(var)
-    spread = std > 0
+    spread = std > ROUNDING * np.abs(mean)
     trace = float(var.sum())
     mean_norm = float(np.linalg.norm(mean))
     return {
