@@ -145,3 +145,24 @@ def test_kl_warmup_weight_scales_the_training_loss(model, binary_images):
     model.kl_weight.assign(0.0)
     loss0, values = model.objective(x)
     np.testing.assert_allclose(loss0, tf.reduce_mean(values["reconstruction"]), rtol=1e-5)
+
+
+@pytest.mark.parametrize("blocks", [False, True])
+def test_a_partial_last_batch_weighs_its_rows_in_the_epochs_loss(binary_images, blocks):
+    """Keras weighs a batch's loss by its rows: over an epoch whose last batch is partial
+    the loss is then -elbo (at kl_weight 1), in training and in validation alike."""
+    model = tfvae.GaussianVAE(input_dim=784, latent_dim=2, hidden=(16,))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), steps_per_execution=1,
+                  jit_compile=False)
+    x = binary_images[:100]  # batches of 32: three full ones and one of 4 rows
+    validation = (binary_images[100:150],)  # 32 and 18
+    if blocks:
+        feed = tfvae.data.blocks((x > 0.5).astype(np.uint8), 32, seed=0)
+        history = model.fit(feed.dataset, epochs=1, steps_per_epoch=feed.steps_per_epoch,
+                            validation_data=validation, validation_batch_size=32, verbose=0)
+    else:
+        history = model.fit(x, epochs=1, batch_size=32, validation_data=validation,
+                            verbose=0)
+    logs = {name: values[0] for name, values in history.history.items()}
+    np.testing.assert_allclose(logs["loss"], -logs["elbo"], rtol=1e-6)
+    np.testing.assert_allclose(logs["val_loss"], -logs["val_elbo"], rtol=1e-6)
