@@ -45,8 +45,10 @@ def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
 
     At the run's parameters and on a fixed batch of its test split, draws the
     encoder gradient --draws times per estimator and prints its variance
-    (trace of the covariance) and signal-to-noise ratio. ema uses the run's
-    own baseline; nvil and relax appear only for runs trained with them (their
+    (trace of the covariance) and signal-to-noise ratios, the draws' own noise
+    taken out (rank estimators with 50 draws or more). ema uses the run's own
+    running baseline (a run without one: the batch's leave-one-out mean);
+    nvil and relax appear only for runs trained with them (their
     baseline network, their learned control variate); vimco's gradient is of
     the k-sample bound, the others' of the ELBO.
 
@@ -86,18 +88,25 @@ def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
     results = gradient_variance(model, x, num_draws=draws, seed=seed)
     values = model.baseline_mean.numpy()  # one per stochastic layer for an sbn
     baseline = float(values) if values.ndim == 0 else [float(v) for v in values]
+    started = bool(float(model.baseline_initialized.numpy()) > 0)
     shown = f"{baseline:.2f}" if values.ndim == 0 else ", ".join(f"{v:.2f}" for v in baseline)
     if as_json:
         click.echo(json.dumps({"run": str(run_dir), "trained_with": config.estimator,
-                               "baseline": baseline, "n_examples": int(len(x)),
-                               "draws": draws, "estimators": results}))
+                               "baseline": baseline, "baseline_started": started,
+                               "n_examples": int(len(x)), "draws": draws,
+                               "estimators": results}))
         return
-    click.echo(f"run trained with {config.estimator} (running baseline {shown}); "
-               f"{len(x)} examples, {draws} draws")
+    # A run trained without a running baseline never started one: ema then takes each
+    # example's leave-one-out batch mean, as on a first batch.
+    held = (f"running baseline {shown}" if started else
+            "no running baseline: ema takes the batch's leave-one-out mean")
+    click.echo(f"run trained with {config.estimator} ({held}); {len(x)} examples, "
+               f"{draws} draws")
     width = max([10, *map(len, results)])
-    click.echo(f"{'estimator':>{width}} {'variance':>12} {'mean |g|^2':>12} {'snr':>8} "
-               f"{'norm snr':>9}  objective")
+    click.echo(f"{'estimator':>{width}} {'samples':>7} {'variance':>12} {'mean |g|^2':>12} "
+               f"{'snr':>8} {'norm snr':>9}  objective")
     for name, r in results.items():
         objective = r["objective"] + (" (biased)" if r["biased"] else "")
-        click.echo(f"{name:>{width}} {r['variance']:12.4g} {r['mean_sq_norm']:12.4g} "
-                   f"{r['snr']:8.3f} {r['norm_snr']:9.3f}  {objective}")
+        click.echo(f"{name:>{width}} {r['num_samples']:7d} {r['variance']:12.4g} "
+                   f"{r['mean_sq_norm']:12.4g} {r['snr']:8.3f} {r['norm_snr']:9.3f}  "
+                   f"{objective}")

@@ -162,12 +162,16 @@ def test_a_run_keeps_its_baseline_and_the_cli_diagnoses_it(trained_run, tiny_run
             "straight-through"} <= set(report["estimators"])
     assert "nvil" not in report["estimators"]  # a run trained with ema has no c(x)
     assert report["estimators"]["gumbel"]["biased"] and not report["estimators"]["arm"]["biased"]
-    assert report["trained_with"] == "ema"
+    assert report["trained_with"] == "ema" and report["baseline_started"] is True
     result = runner.invoke(cli, ["diagnose", str(run.path), "--draws", "2",
                                  "--n-examples", "16"])
     assert result.exit_code == 0, result.output
     assert "reinforce" in result.output and "variance" in result.output
-    assert "elbo (biased)" in result.output
+    assert "elbo (biased)" in result.output and "running baseline" in result.output
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines()[2:]}
+    samples = {name: str(r["num_samples"]) for name, r in report["estimators"].items()}
+    assert {name: rows[name][1] for name in samples} == samples and samples["reinforce"] == "1"
+    assert int(samples["rloo"]) > 1
     result = runner.invoke(cli, ["diagnose", str(tiny_run)])
     assert result.exit_code == 1, result.output
     assert "Gaussian VAE run" in result.output and "sbn" in result.output, result.output

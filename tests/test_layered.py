@@ -186,3 +186,6 @@ def test_a_two_layer_sbn_trains_evaluates_samples_and_exports(tmp_path):
     np.testing.assert_allclose(d.sample(6, seed=3, backend="savedmodel"), images, atol=1e-5)
     result = runner.invoke(cli, ["diagnose", str(out), "--draws", "3", "--n-examples", "16"])
     assert result.exit_code == 0 and "disarm" in result.output, result.output
+    # Trained with disarm, the run never started a running baseline: ema's line says what
+    # it takes instead of showing a baseline of 0 that it does not use.
+    assert "no running baseline: ema takes the batch's leave-one-out mean" in result.output

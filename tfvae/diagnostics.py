@@ -52,10 +52,10 @@ def gradient_variance(model, x, estimators=None, num_draws: int = 50, seed: int 
       per example for ``rloo``/``vimco``; 1 otherwise, DisARM's being one
       antithetic pair), ``variance`` (trace of the gradient's covariance over
       encoder parameters, summed per-parameter variances), ``mean_sq_norm``
-      (mean of ``||g||^2``), ``mean_norm`` (``||mean g||``), ``snr`` (mean over
-      parameters of ``|mean| / std``, parameters without spread left out: see
-      :func:`_spread`),
-      and ``norm_snr`` (``||mean g|| / sqrt(variance)``).
+      (mean of ``||g||^2``), ``mean_norm`` (``||mean g||`` of the draws),
+      ``snr`` (median over parameters of ``|mean| / std``) and ``norm_snr``
+      (``||E g|| / sqrt(variance)``, ``||E g||`` estimated without the draws'
+      noise): see :func:`_spread`.
     """
     from tfvae._keras import tf
 
@@ -115,10 +115,19 @@ ROUNDING = 128 * float(np.finfo(np.float32).eps)
 def _spread(draws: np.ndarray) -> dict:
     """Variance, norms and signal-to-noise ratios of gradient draws ``[draws, params]``.
 
-    ``snr`` leaves out the parameters whose draws agree to within float32
-    rounding (:data:`ROUNDING` of their mean): only a deterministic term
-    moves them (the KL's, for a unit whose probability is saturated), and
-    their ratio, a mean over rounding noise, would swamp every other.
+    ``norm_snr`` is ``||E g|| / sqrt(variance)`` with ``||E g||^2`` estimated
+    without the draws' own noise: ``||mean||^2 - variance / draws`` (0 if
+    negative). The plain ``||mean|| / sqrt(variance)`` is at least about
+    ``1 / sqrt(draws)`` whatever the estimator, and would rank the draws, not
+    the estimators.
+
+    ``snr`` is the median over parameters of ``|mean| / std``: robust to the
+    few parameters a deterministic term (the KL's, for a unit whose
+    probability is nearly saturated) moves far more than the noise, whose
+    ratios in the hundreds would swamp a mean. It leaves out the parameters
+    whose draws agree to within float32 rounding (:data:`ROUNDING` of their
+    mean). A parameter whose gradient has mean zero shows about
+    ``0.67 / sqrt(draws)`` here.
     """
     mean = draws.mean(axis=0)
     var = draws.var(axis=0, ddof=1)  # unbiased, per parameter
@@ -126,10 +135,11 @@ def _spread(draws: np.ndarray) -> dict:
     spread = std > ROUNDING * np.abs(mean)
     trace = float(var.sum())
     mean_norm = float(np.linalg.norm(mean))
+    signal = max(mean_norm ** 2 - trace / len(draws), 0.0)  # unbiased for ||E g||^2
     return {
         "variance": trace,
         "mean_sq_norm": float(np.mean(np.sum(draws * draws, axis=1))),
         "mean_norm": mean_norm,
-        "snr": float(np.mean(np.abs(mean[spread]) / std[spread])) if spread.any() else 0.0,
-        "norm_snr": float(mean_norm / np.sqrt(trace)) if trace > 0 else float("inf"),
+        "snr": float(np.median(np.abs(mean[spread]) / std[spread])) if spread.any() else 0.0,
+        "norm_snr": float(np.sqrt(signal / trace)) if trace > 0 else float("inf"),
     }
