@@ -230,12 +230,14 @@ class MeanFieldSBN(BinaryPrior, LatentVariableModel):
         ``jit_compile=True`` makes the whole step one XLA program, which runs them
         one after another). The weights are read once and passed as tensors: an XLA
         function that reads variables holds them, so its calls could not overlap.
-        Memory stays bounded for any number of rows.
+        Memory stays bounded for any number of rows. Every chunk has the model's
+        :meth:`_chunk_rows` rows (the last padded): batches of any size, a partial
+        last one or a figure's few rows, reuse one compiled program.
         """
         net = self.network()
         n = tf.shape(tensors[0])[0]
-        chunks = tf.maximum((n + self._chunk_rows() - 1) // self._chunk_rows(), 1)
-        rows = (n + chunks - 1) // chunks
+        rows = self._chunk_rows()
+        chunks = tf.maximum((n + rows - 1) // rows, 1)
         steps = tf.convert_to_tensor(steps, tf.int32)
 
         def shaped(t):
