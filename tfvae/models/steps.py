@@ -264,9 +264,9 @@ class TrainingSteps:
             measured["elbo"] = -(values["reconstruction"] + values["kl"])
         # Keras weighs a batch's loss by its rows: a partial last batch counts for its
         # rows, not as a whole batch (the epoch's loss is then -elbo at kl_weight 1).
-        rows = next((v for v in values.values() if v.shape.rank), None)
-        if rows is not None and loss.shape.rank == 0:
-            measured["loss"] = tf.fill(tf.shape(rows)[:1], loss)
+        rows = values.get("reconstruction")  # [batch] in every model
+        if rows is not None and rows.shape.rank == 1 and loss.shape.rank == 0:
+            measured["loss"] = tf.fill(tf.shape(rows), loss)
         return {k: v for k, v in measured.items() if k in self._trackers}
 
     def _record(self, loss, values) -> dict:
