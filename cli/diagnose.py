@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import click
 from tfvae_cli.common import CONTEXT, handle_errors
@@ -45,9 +46,10 @@ def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
 
     At the run's parameters and on a fixed batch of its test split, draws the
     encoder gradient --draws times per estimator and prints its variance
-    (trace of the covariance) and signal-to-noise ratios, the draws' own noise
-    taken out (rank estimators with 50 draws or more). ema uses the run's own
-    running baseline (a run without one: the batch's leave-one-out mean);
+    (trace of the covariance) and signal-to-noise ratios: norm snr with the
+    draws' own noise taken out, snr not (compare it only at equal --draws);
+    rank estimators with 50 draws or more. ema uses the run's own running
+    baseline (a run without one: the batch's leave-one-out mean);
     nvil and relax appear only for runs trained with them (their
     baseline network, their learned control variate); vimco's gradient is of
     the k-sample bound, the others' of the ELBO.
@@ -90,11 +92,13 @@ def diagnose(run_dir, n_examples, draws, checkpoint, seed, as_json):
     baseline = float(values) if values.ndim == 0 else [float(v) for v in values]
     started = bool(float(model.baseline_initialized.numpy()) > 0)
     shown = f"{baseline:.2f}" if values.ndim == 0 else ", ".join(f"{v:.2f}" for v in baseline)
-    if as_json:
+    if as_json:  # strict JSON: a non-finite figure (draws that never vary) is null
+        figures = {name: {key: None if isinstance(v, float) and not math.isfinite(v) else v
+                          for key, v in r.items()} for name, r in results.items()}
         click.echo(json.dumps({"run": str(run_dir), "trained_with": config.estimator,
-                               "baseline": baseline, "baseline_started": started,
-                               "n_examples": int(len(x)), "draws": draws,
-                               "estimators": results}))
+                               "baseline": baseline if started else None,
+                               "baseline_started": started, "n_examples": int(len(x)),
+                               "draws": draws, "estimators": figures}))
         return
     # A run trained without a running baseline never started one: ema then takes each
     # example's leave-one-out batch mean, as on a first batch.

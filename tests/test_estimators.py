@@ -298,6 +298,10 @@ def test_the_snrs_measure_the_estimator_not_the_number_of_draws():
     steady = np.concatenate([rng.normal(size=(20, 100)), 5.0 + 1e-3 * rng.normal(size=(20, 3))],
                             axis=1)
     assert _spread(steady)["snr"] < 0.5  # the three ratios of ~5000 are not the summary
+    # Draws that never vary: all signal (inf), or nothing at all (nan), on both columns.
+    for value, expected in ((2.0, np.inf), (0.0, np.nan)):
+        still = _spread(np.full((4, 10), value))
+        np.testing.assert_equal([still["snr"], still["norm_snr"]], [expected, expected])
 
 def _bias(model, x1, name, temperature, draws=20000):
     """Mean gradient minus the exact ELBO gradient wrt the logits, and its noise (norms)."""
