@@ -127,7 +127,7 @@ def run_tfvae(args, model: str, latent: int, seed: int, estimator: str | None) -
             "model": model,
             "arch": run.config.arch,
             "estimator": estimator,
-            "init": run.model.init,  # as the model resolved it (None: its default)
+            "init": run.model.init,  # as the model resolved it (its default without --init)
             "head_init": run.model.head_init or run.model.init,
             "set": args.set,
             "adam_epsilon": args.adam_epsilon,

@@ -265,7 +265,6 @@ def test_gradient_variance_diagnostics(problem_data):
         gradient_variance(model, x, estimators=("nvil",), num_draws=2)
 
 
-
 def test_snr_leaves_out_parameters_that_only_rounding_moves():
     """A parameter moved only by a deterministic term (a saturated unit's KL) differs between
     draws by float32 rounding; its ratio would be ~1e6 (rloo's snr read 156)."""
@@ -302,6 +301,7 @@ def test_the_snrs_measure_the_estimator_not_the_number_of_draws():
     for value, expected in ((2.0, np.inf), (0.0, np.nan)):
         still = _spread(np.full((4, 10), value))
         np.testing.assert_equal([still["snr"], still["norm_snr"]], [expected, expected])
+
 
 def _bias(model, x1, name, temperature, draws=20000):
     """Mean gradient minus the exact ELBO gradient wrt the logits, and its noise (norms)."""

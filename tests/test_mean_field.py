@@ -330,7 +330,6 @@ def test_evaluation_reuses_the_rows_fitted_last_only_under_the_same_weights():
     assert np.all(np.abs(moved - first["bound"]) > 1e-3)
 
 
-
 def test_every_chunk_has_the_models_rows_so_any_batch_reuses_one_program():
     """XLA compiles a program per input shape: chunks of a fixed row count (the last padded)
     let a partial batch, the evaluation's and a figure's rows share the training's."""
@@ -347,6 +346,7 @@ def test_every_chunk_has_the_models_rows_so_any_batch_reuses_one_program():
         (out,) = model._by_chunks(fn, (x,), (tf.TensorSpec([None]),), 1)
         np.testing.assert_allclose(out, tf.reduce_sum(x, axis=-1), rtol=1e-6)  # padding cut
     assert seen and set(seen) == {rows}
+
 
 def test_mean_field_refuses_what_its_bound_does_not_cover():
     assert Config(model="sbn", inference="mean-field", hidden="").inference == "mean-field"

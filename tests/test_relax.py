@@ -146,9 +146,11 @@ def test_a_stacked_sbn_has_a_control_per_layer_and_fits_each(binary_images):
     before = [[v.numpy() for v in c.trainable_variables] for c in model.controls]
     logs = model.train_on_batch(binary_images[:32], return_dict=True)
     assert np.isfinite(logs["loss"])
+    assert np.isfinite(tfvae.evaluate(model, binary_images[:32], k=2)["log_likelihood"])
     for control, old in zip(model.controls, before, strict=True):
         assert any(not np.array_equal(v.numpy(), o)
                    for v, o in zip(control.trainable_variables, old, strict=True))
+
 
 @pytest.mark.slow
 def test_relax_trains_resumes_and_is_diagnosed_from_the_cli_and_python(tmp_path, digits_npz):
